@@ -1,0 +1,218 @@
+"""The node daemon's lifecycle: start, run until a signal, shut down cleanly.
+
+Start-up is parse -> validate -> start (config errors never get this far). Each start-up failure
+maps to a documented exit code; once running, a failing peer is a normal event, never a reason
+to exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import uvloop
+
+from node import __version__, exitcodes
+from node.config import NodeConfig
+from node.control import ControlServer, ControlStartError
+from node.metrics import NodeMetrics
+from p2p.errors import HostStartError, IdentityError
+from p2p.host import Host, HostOptions
+from p2p.identity import load_or_create_identity
+from p2p.membership import Membership
+
+log = logging.getLogger("fedswarm.node")
+
+SHUTDOWN_WITHDRAW_S = 1.5  # tombstone our membership record
+SHUTDOWN_HOST_S = 2.5  # stop the DHT and p2pd; together well inside the promised 5 s
+
+
+class StartupError(Exception):
+    def __init__(self, exit_code: int, message: str):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Readers (scripts, the next container) never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Node:
+    """One running node: its host, membership, metrics and control API."""
+
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.started_monotonic = time.monotonic()
+        self.host: Host | None = None
+        self.membership: Membership | None = None
+        self.addrs: list[str] = []
+        self.metrics = NodeMetrics(self)
+        self.control: ControlServer | None = None
+        self._published = False
+
+    # --- what the control API shows ------------------------------------------------------------
+
+    def status(self) -> dict:
+        return {
+            "peer_id": self.host.peer_id if self.host else None,
+            "swarm": self.config.swarm,
+            "addrs": self.addrs,
+            "peers": len(self.membership.peers()) if self.membership else 0,
+            "dht_neighbours": self.host.dht_neighbours() if self.host else 0,
+            "uptime_s": round(self.uptime_s(), 3),
+            "version": __version__,
+        }
+
+    def peers(self) -> list[dict]:
+        now = time.time()
+        return [p.as_json(now) for p in self.membership.peers()] if self.membership else []
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        try:
+            cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StartupError(
+                exitcodes.CONFIG, f"invalid setting 'data_dir': cannot create {cfg.data_dir}: {e}"
+            ) from e
+        try:
+            identity, created = load_or_create_identity(cfg.identity_path)
+        except IdentityError as e:
+            raise StartupError(exitcodes.IDENTITY, f"{e}; fix its permissions or move it away") from e
+        if created:
+            log.info("created a new identity at %s", cfg.identity_path)
+
+        options = HostOptions(
+            listen=cfg.p2p.listen,
+            announce=cfg.p2p.announce,
+            nat_port_map=cfg.p2p.nat_port_map,
+            auto_nat=cfg.p2p.auto_nat,
+            relay=cfg.p2p.relay,
+            use_ipfs=cfg.p2p.use_ipfs,
+            startup_timeout_s=cfg.p2p.startup_timeout_s,
+            rpc_timeout_s=cfg.p2p.rpc_timeout_s,
+        )
+        try:
+            self.host = await Host.start(identity, options)
+        except HostStartError as e:
+            raise StartupError(exitcodes.NETWORK, f"{e} (check 'listen' and 'announce')") from e
+
+        self.addrs = await self.host.visible_addrs()
+        self.metrics.set_peer_id(self.host.peer_id, cfg.swarm)
+        self.membership = Membership(
+            self.host,
+            swarm=cfg.swarm,
+            addrs=self.addrs,
+            record_ttl_s=cfg.membership.record_ttl_s,
+            refresh_interval_s=cfg.membership.refresh_interval_s,
+            poll_interval_s=cfg.membership.poll_interval_s,
+        )
+        self.control = ControlServer(
+            host=cfg.control.host,
+            port=cfg.control.port,
+            status=self.status,
+            peers=self.peers,
+            registry=self.metrics.registry,
+        )
+        try:
+            port = await self.control.start()
+        except ControlStartError as e:
+            await self.host.close()
+            raise StartupError(exitcodes.CONTROL, str(e)) from e
+
+        write_atomically(cfg.data_dir / "addrs.txt", "".join(f"{a}\n" for a in self.addrs))
+        write_atomically(cfg.data_dir / "control.txt", f"{cfg.control.host}:{port}\n")
+        print(f"fedswarm node {self.host.peer_id} (swarm {cfg.swarm!r})", flush=True)
+        for addr in self.addrs:
+            print(f"  listening on {addr}", flush=True)
+        print(f"  control API on http://{cfg.control.host}:{port}", flush=True)
+        log.info("node started: peer %s, swarm %r, control port %d", self.host.peer_id, cfg.swarm, port)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        assert self.host and self.membership, "start() first"
+        self._published = True  # from here on, shutdown owes the swarm a tombstone
+        await self.membership.publish()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.membership.run(stop))
+            if self.config.p2p.join:
+                tg.create_task(
+                    self.host.join_until_connected(
+                        self.config.p2p.join, retry_max_s=self.config.p2p.join_retry_max_s, stop=stop
+                    )
+                )
+
+    async def shutdown(self) -> None:
+        """Withdraw from the swarm, stop serving, stop libp2p. Bounded in time."""
+        if self.membership is not None and self._published:
+            try:
+                async with asyncio.timeout(SHUTDOWN_WITHDRAW_S):
+                    await self.membership.withdraw()
+            except TimeoutError:
+                log.warning("could not withdraw the membership record in time; it lapses by itself")
+        if self.control is not None:
+            await self.control.stop()
+        if self.host is not None:
+            try:
+                async with asyncio.timeout(SHUTDOWN_HOST_S):
+                    await self.host.close()
+            except TimeoutError:
+                log.warning("libp2p did not stop in time; terminating it")
+                self.host.kill()
+        for name in ("control.txt",):
+            (self.config.data_dir / name).unlink(missing_ok=True)
+        log.info("node stopped")
+
+    def kill(self) -> None:
+        if self.host is not None:
+            self.host.kill()
+
+
+async def _serve(config: NodeConfig) -> int:
+    node = Node(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("%s received: shutting down (send it again to force)", signal.Signals(signum).name)
+            stop.set()
+        else:
+            log.warning("second signal: forcing exit")
+            node.kill()
+            os._exit(exitcodes.INTERRUPTED)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await node.start()
+        run = asyncio.create_task(node.run(stop))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        await run  # loops end at `stop`; a crash in them surfaces here
+        return exitcodes.OK
+    except StartupError as e:
+        log.error("%s", e)
+        return e.exit_code
+    finally:
+        await node.shutdown()
+
+
+def serve(config: NodeConfig) -> int:
+    """Run a node until SIGINT/SIGTERM. Returns the process exit code."""
+    return uvloop.run(_serve(config))
