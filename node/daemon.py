@@ -90,7 +90,10 @@ class Node:
         try:
             identity, created = load_or_create_identity(cfg.identity_path)
         except IdentityError as e:
-            raise StartupError(exitcodes.IDENTITY, f"{e}; fix its permissions or move it away") from e
+            raise StartupError(
+                exitcodes.IDENTITY,
+                f"{e}; restore it from a backup, or move it away to start as a new peer ID",
+            ) from e
         if created:
             log.info("created a new identity at %s", cfg.identity_path)
 
