@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.dht.node import DHTNode
 from hivemind.p2p import P2P, PeerID
 from hivemind.p2p.p2p_daemon_bindings.control import P2PDaemonError
+from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
+from hivemind.p2p.p2p_daemon_bindings.utils import ControlFailure
 from hivemind.utils.multiaddr import Multiaddr
 from hivemind.utils.timed_storage import get_dht_time
 
@@ -26,6 +28,8 @@ from p2p.errors import HostStartError, PeerUnavailable
 from p2p.identity import Identity
 
 log = logging.getLogger("fedswarm.p2p")
+
+StreamHandler = Callable[[str, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,12 +120,8 @@ class Host:
             async with asyncio.timeout(self._rpc_timeout_s):
                 # The daemon's CONNECT call is not wrapped by hivemind's P2P class.
                 await self._p2p._client.connect(PeerID.from_base58(peer_id), maddrs)
-        except (TimeoutError, P2PDaemonError, OSError, ConnectionError) as e:
+        except (TimeoutError, ControlFailure, P2PDaemonError, OSError, ConnectionError) as e:
             raise PeerUnavailable(f"cannot connect to {peer_id}: {e or type(e).__name__}") from e
-        except Exception as e:  # the daemon's ControlFailure for an unreachable peer
-            if type(e).__name__ == "ControlFailure":
-                raise PeerUnavailable(f"cannot connect to {peer_id}: {e}") from e
-            raise
 
     # --- joining a swarm ---------------------------------------------------------------------
 
@@ -193,6 +193,37 @@ class Host:
                     delay = min(delay * 2, retry_max_s)
             # jitter: nodes of a restarted swarm do not retry in lockstep
             await wait_stopped(stop, delay * random.uniform(0.8, 1.2))
+
+    # --- streams ---------------------------------------------------------------------------------
+
+    async def serve_streams(self, protocol: str, handler: StreamHandler) -> None:
+        """Serve `protocol`: handler(peer_id, reader, writer) runs for each incoming stream.
+
+        The peer ID is the one libp2p authenticated (Noise/TLS), so handlers may trust it.
+        """
+
+        async def on_stream(info: StreamInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+            try:
+                await handler(info.peer_id.to_base58(), reader, writer)
+            finally:
+                writer.close()
+
+        await self._p2p.add_binary_stream_handler(protocol, on_stream)
+
+    async def open_stream(
+        self, peer_id: str, protocol: str, addrs: Sequence[str] = ()
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Open a stream to a peer (dialling `addrs` first if given). Raises PeerUnavailable."""
+        if addrs:
+            await self.connect(peer_id, addrs)
+        try:
+            _, reader, writer = await self._p2p.call_binary_stream_handler(
+                PeerID.from_base58(peer_id), protocol
+            )
+        except (ControlFailure, P2PDaemonError, OSError, ConnectionError) as e:
+            # ControlFailure: the daemon found no route, or the peer does not serve `protocol`
+            raise PeerUnavailable(f"cannot open a stream to {peer_id}: {e}") from e
+        return reader, writer
 
     # --- DHT records -------------------------------------------------------------------------
 

@@ -1,0 +1,312 @@
+"""Weighted pairwise gossip over one libp2p stream.
+
+Caller i and callee j swap (x, w) and both set x = (w_i x_i + w_j x_j) / (w_i + w_j) and
+w = (w_i + w_j) / 2, so the weighted sum and the total weight of the swarm are conserved.
+
+    caller                                   callee
+    offer header, then its tensors  ----->   checks version, fingerprint, specs, busy
+                                    <-----   accept header, then its tensors (sent while reading)
+                                    <-----   ready (the caller's tensors were valid) | reject
+    commit (after checking the callee's) ->  applies
+    applies                         <-----   done
+
+The exchange applies on both sides or on neither: nothing is applied before the caller has seen
+the callee's "ready" and the callee has seen "commit". The one window left is a commit lost on a
+connection that dies right after the caller wrote it; the caller then has applied and the callee
+has not, which only costs the swarm a little of the conserved sum.
+
+Local training may go on during an exchange: each side mixes the snapshot it sent and applies the
+difference (mixed - snapshot) on top of whatever its trainer did meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from p2p.errors import PeerUnavailable, ProtocolViolation
+from p2p.host import Host
+from p2p.wire import (
+    TensorSpec,
+    check_specs,
+    encode_header,
+    expect_round,
+    expect_weight,
+    parse_specs,
+    read_header,
+    read_tensors,
+    write_frame,
+    write_tensors,
+)
+
+log = logging.getLogger("fedswarm.exchange")
+
+GOSSIP_PROTOCOL = "/fedswarm/gossip/1"
+Arrays = dict[str, np.ndarray]
+Mix = Callable[[Sequence[tuple[Mapping[str, np.ndarray], float]]], Arrays]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    arrays: Arrays
+    weight: float
+    round: int
+
+
+class ModelState(Protocol):
+    """What the exchange needs from the node's model. Both methods run in a worker thread."""
+
+    fingerprint: str
+    specs: list[TensorSpec]
+
+    def snapshot(self) -> Snapshot: ...
+
+    def apply(self, before: Snapshot, mixed: Arrays, weight: float) -> None: ...
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    BUSY = "busy"  # the peer is in another exchange: try someone else
+    FAILED = "failed"  # unreachable, timed out, refused, or the stream broke
+    REJECTED = "rejected"  # the peer sent something we refuse to apply
+
+
+@dataclass
+class ExchangeRecord:
+    """One finished exchange, for metrics and the report."""
+
+    peer_id: str
+    role: str  # "caller" | "callee"
+    outcome: Outcome
+    duration_s: float
+    bytes_sent: int
+    reason: str = ""
+
+
+@dataclass
+class ExchangeStats:
+    outcomes: Counter = field(default_factory=Counter)  # Outcome.value -> count, both roles
+    rejected_by_peer: Counter = field(default_factory=Counter)
+    last_ok_at: dict[str, float] = field(default_factory=dict)  # peer -> time.monotonic()
+
+    def as_json(self) -> dict[str, int]:
+        return {o.value: self.outcomes[o.value] for o in Outcome}
+
+
+class GossipExchange:
+    """Serves and initiates exchanges for one node; at most one exchange at a time."""
+
+    def __init__(
+        self,
+        host: Host,
+        state: ModelState,
+        *,
+        mix: Mix,
+        timeout_s: float,
+        on_record: Callable[[ExchangeRecord], None] = lambda record: None,
+    ):
+        self._host = host
+        self._state = state
+        self._mix = mix
+        self._timeout_s = timeout_s
+        self._on_record = on_record
+        self._lock = asyncio.Lock()  # one exchange at a time, as caller or callee
+        self.stats = ExchangeStats()
+
+    async def start(self) -> None:
+        await self._host.serve_streams(GOSSIP_PROTOCOL, self._serve)
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    def _offer_header(self, kind: str, snap: Snapshot) -> bytes:
+        return encode_header(
+            kind,
+            fingerprint=self._state.fingerprint,
+            weight=snap.weight,
+            round=snap.round,
+            tensors=[s.as_wire() for s in self._state.specs],
+        )
+
+    def _check_model_header(self, header: Mapping) -> tuple[float, int]:
+        if header.get("fingerprint") != self._state.fingerprint:
+            raise ProtocolViolation(
+                f"model fingerprint {header.get('fingerprint')!r} differs from ours {self._state.fingerprint!r}"
+            )
+        check_specs(parse_specs(header.get("tensors")), self._state.specs)
+        return expect_weight(header), expect_round(header)
+
+    def _record(
+        self, peer_id: str, role: str, outcome: Outcome, started: float, sent: int, reason=""
+    ) -> Outcome:
+        self.stats.outcomes[outcome.value] += 1
+        if outcome is Outcome.OK:
+            self.stats.last_ok_at[peer_id] = time.monotonic()
+        elif outcome is Outcome.REJECTED:
+            self.stats.rejected_by_peer[peer_id] += 1
+            log.warning("rejected %s exchange with %s: %s", role, peer_id, reason)
+        elif outcome is Outcome.FAILED:
+            log.info("%s exchange with %s failed: %s", role, peer_id, reason)
+        self._on_record(ExchangeRecord(peer_id, role, outcome, time.monotonic() - started, sent, reason))
+        return outcome
+
+    # --- caller side ------------------------------------------------------------------------------
+
+    async def exchange(self, peer_id: str, addrs: Sequence[str] = ()) -> Outcome:
+        """Average with `peer_id`. Never raises for a peer's fault: the outcome says what happened."""
+        started = time.monotonic()
+        async with self._lock:
+            before = await asyncio.to_thread(self._state.snapshot)
+            sent = sum(a.nbytes for a in before.arrays.values())
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    reader, writer = await self._host.open_stream(peer_id, GOSSIP_PROTOCOL, addrs)
+                    try:
+                        outcome, reason = await self._call(reader, writer, before)
+                    finally:
+                        writer.close()
+            except ProtocolViolation as e:
+                return self._record(peer_id, "caller", Outcome.REJECTED, started, sent, str(e))
+            except (TimeoutError, PeerUnavailable, ConnectionError, asyncio.IncompleteReadError) as e:
+                return self._record(
+                    peer_id, "caller", Outcome.FAILED, started, sent, str(e) or type(e).__name__
+                )
+            return self._record(peer_id, "caller", outcome, started, sent, reason)
+
+    async def _call(self, reader, writer, before: Snapshot) -> tuple[Outcome, str]:
+        await write_frame(writer, self._offer_header("offer", before))
+        async with _sending(writer, before.arrays) as send:
+            reply = await read_header(reader)
+            if reply["type"] == "busy":
+                return Outcome.BUSY, ""
+            if reply["type"] == "reject":
+                return Outcome.FAILED, f"peer refused: {reply.get('reason')}"
+            if reply["type"] != "accept":
+                raise ProtocolViolation(f"expected accept, got {reply['type']!r}")
+            weight, _ = self._check_model_header(reply)
+            try:
+                theirs = await read_tensors(reader, self._state.specs)
+            except ProtocolViolation as e:
+                await _try_send(writer, encode_header("abort", reason=str(e)))
+                raise
+            await send
+        verdict = await read_header(reader)
+        if verdict["type"] != "ready":
+            return Outcome.FAILED, f"peer refused our model: {verdict.get('reason')}"
+        mixed = await asyncio.to_thread(self._mix, [(before.arrays, before.weight), (theirs, weight)])
+        await write_frame(writer, encode_header("commit"))
+        await asyncio.to_thread(self._state.apply, before, mixed, (before.weight + weight) / 2)
+        # Wait for the callee to finish applying too, so that "ok" means both sides hold the mix (and the
+        # callee is free again). Its absence changes nothing: we committed, and so will it.
+        with contextlib.suppress(ProtocolViolation, ConnectionError):
+            await read_header(reader)
+        return Outcome.OK, ""
+
+    # --- callee side ------------------------------------------------------------------------------
+
+    async def _serve(self, peer_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        started, sent = time.monotonic(), 0
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                request = await read_header(reader)
+                if request["type"] == "pull":
+                    await self._serve_pull(request, writer)
+                    return
+                if request["type"] != "offer":
+                    raise ProtocolViolation(f"unexpected request {request['type']!r}")
+                weight, _ = self._check_model_header(request)
+                if self._lock.locked():
+                    await write_frame(writer, encode_header("busy"))
+                    return
+                async with self._lock:
+                    outcome, sent, reason = await self._accept(reader, writer, weight)
+        except ProtocolViolation as e:
+            await _try_send(writer, encode_header("reject", reason=str(e)))
+            self._record(peer_id, "callee", Outcome.REJECTED, started, sent, str(e))
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as e:
+            self._record(peer_id, "callee", Outcome.FAILED, started, sent, str(e) or type(e).__name__)
+        else:  # skipped by the early returns (pull served, busy answered), which are not exchanges
+            self._record(peer_id, "callee", outcome, started, sent, reason)
+
+    async def _accept(self, reader, writer, their_weight: float) -> tuple[Outcome, int, str]:
+        before = await asyncio.to_thread(self._state.snapshot)
+        sent = sum(a.nbytes for a in before.arrays.values())
+        await write_frame(writer, self._offer_header("accept", before))
+        async with _sending(writer, before.arrays) as send:
+            theirs = await read_tensors(reader, self._state.specs)  # a NaN here -> reject, nothing applied
+            await send
+        await write_frame(writer, encode_header("ready"))
+        mixed = await asyncio.to_thread(self._mix, [(before.arrays, before.weight), (theirs, their_weight)])
+        final = await read_header(reader)
+        if final["type"] != "commit":
+            return Outcome.FAILED, sent, f"caller aborted: {final.get('reason')}"
+        await asyncio.to_thread(self._state.apply, before, mixed, (before.weight + their_weight) / 2)
+        await _try_send(writer, encode_header("done"))
+        return Outcome.OK, sent, ""
+
+    async def _serve_pull(self, request: Mapping, writer: asyncio.StreamWriter) -> None:
+        if request.get("fingerprint") != self._state.fingerprint:
+            raise ProtocolViolation(f"pull for another model ({request.get('fingerprint')!r})")
+        snap = await asyncio.to_thread(self._state.snapshot)
+        await write_frame(writer, self._offer_header("model", snap))
+        await write_tensors(writer, snap.arrays)
+
+    # --- late joiners -----------------------------------------------------------------------------
+
+    async def pull(self, peer_id: str, addrs: Sequence[str] = ()) -> Snapshot | None:
+        """Fetch a peer's current model without mixing (a newcomer starts from it). None on failure."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                reader, writer = await self._host.open_stream(peer_id, GOSSIP_PROTOCOL, addrs)
+                try:
+                    await write_frame(writer, encode_header("pull", fingerprint=self._state.fingerprint))
+                    header = await read_header(reader)
+                    if header["type"] != "model":
+                        raise ProtocolViolation(
+                            f"expected model, got {header['type']!r}: {header.get('reason')}"
+                        )
+                    weight, round_ = self._check_model_header(header)
+                    arrays = await read_tensors(reader, self._state.specs)
+                finally:
+                    writer.close()
+        except ProtocolViolation as e:
+            self.stats.rejected_by_peer[peer_id] += 1
+            log.warning("rejected the model pulled from %s: %s", peer_id, e)
+            return None
+        except (TimeoutError, PeerUnavailable, ConnectionError, asyncio.IncompleteReadError) as e:
+            log.info("pulling the model from %s failed: %s", peer_id, e or type(e).__name__)
+            return None
+        return Snapshot(arrays, weight, round_)
+
+
+@contextlib.asynccontextmanager
+async def _sending(writer: asyncio.StreamWriter, arrays: Mapping[str, np.ndarray]):
+    """Send our tensors in the background while the body reads the peer's: both directions at once.
+
+    Yields the send task; if the body leaves early (busy, refusal, error) the send is cancelled.
+    """
+    task = asyncio.create_task(write_tensors(writer, arrays))
+    try:
+        yield task
+    finally:
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
+            await task
+
+
+async def _try_send(writer: asyncio.StreamWriter, frame: bytes) -> None:
+    """Best effort: tell the peer why, but a broken stream is no reason to fail harder."""
+    with contextlib.suppress(ConnectionError, OSError, RuntimeError, TimeoutError):
+        async with asyncio.timeout(1.0):
+            await write_frame(writer, frame)

@@ -1,0 +1,159 @@
+"""The gossip wire format: length-prefixed msgpack headers, then raw little-endian tensor bytes.
+
+    frame   := u32be header_len | header (msgpack map) | body
+    header  := {"v": PROTOCOL_VERSION, "type": str, ...}
+    body    := the bytes of each tensor listed in header["tensors"], in order (only for model frames)
+
+Nothing from a peer reaches pickle. Every length is checked against a limit before anything is
+allocated: the header against MAX_HEADER_BYTES, a model body against the specs of OUR model (a
+peer cannot make us allocate more than our own model's size), and tensors are checked for NaN/Inf
+before anyone may apply them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from p2p.errors import ProtocolViolation
+
+PROTOCOL_VERSION = 1
+MAX_HEADER_BYTES = 1 << 20  # specs of a few thousand tensors fit easily
+READ_CHUNK_BYTES = 1 << 20
+_LEN = struct.Struct(">I")
+ALLOWED_DTYPES = frozenset({"float16", "float32", "float64"})
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name, little-endian on the wire
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+    def as_wire(self) -> list[Any]:
+        return [self.name, self.dtype, list(self.shape)]
+
+
+def specs_of(arrays: Mapping[str, np.ndarray]) -> list[TensorSpec]:
+    return [TensorSpec(name, a.dtype.name, tuple(a.shape)) for name, a in arrays.items()]
+
+
+def parse_specs(raw: object) -> list[TensorSpec]:
+    """Validate a peer's tensor list (types only; the caller compares it with our own model)."""
+    if not isinstance(raw, list):
+        raise ProtocolViolation("tensors must be a list")
+    specs = []
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 3):
+            raise ProtocolViolation("each tensor spec must be [name, dtype, shape]")
+        name, dtype, shape = item
+        if not isinstance(name, str) or dtype not in ALLOWED_DTYPES:
+            raise ProtocolViolation(f"bad tensor spec name/dtype: {name!r} {dtype!r}")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and 0 <= d < 2**40 for d in shape)):
+            raise ProtocolViolation(f"bad shape for {name!r}")
+        specs.append(TensorSpec(name, dtype, tuple(shape)))
+    return specs
+
+
+# --- headers -------------------------------------------------------------------------------------
+
+
+def encode_header(kind: str, **fields: Any) -> bytes:
+    blob = msgpack.packb({"v": PROTOCOL_VERSION, "type": kind, **fields}, use_bin_type=True)
+    if len(blob) > MAX_HEADER_BYTES:
+        raise ValueError(f"header of {len(blob)} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    return _LEN.pack(len(blob)) + blob
+
+
+def decode_header(blob: bytes) -> dict[str, Any]:
+    try:
+        header = msgpack.unpackb(blob, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types for hostile bytes
+        raise ProtocolViolation(f"header is not msgpack ({type(e).__name__})") from e
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        raise ProtocolViolation("header must be a map with a 'type'")
+    if header.get("v") != PROTOCOL_VERSION:
+        raise ProtocolViolation(f"protocol version {header.get('v')!r}, this node speaks {PROTOCOL_VERSION}")
+    return header
+
+
+async def read_header(reader: asyncio.StreamReader, max_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any]:
+    """Read one header frame; the length is checked before the header is read."""
+    try:
+        (length,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+        if length > max_bytes:
+            raise ProtocolViolation(f"header length {length} exceeds the {max_bytes}-byte limit")
+        return decode_header(await reader.readexactly(length))
+    except asyncio.IncompleteReadError as e:
+        raise ProtocolViolation(f"stream ended after {len(e.partial)} bytes of a frame (truncated)") from e
+
+
+async def write_frame(writer: asyncio.StreamWriter, header: bytes) -> None:
+    writer.write(header)
+    await writer.drain()
+
+
+# --- model bodies --------------------------------------------------------------------------------
+
+
+def check_specs(theirs: Sequence[TensorSpec], ours: Sequence[TensorSpec]) -> None:
+    """A peer's model must match ours tensor for tensor; this also bounds the body's size."""
+    if len(theirs) != len(ours):
+        raise ProtocolViolation(f"peer sends {len(theirs)} tensors, our model has {len(ours)}")
+    for t, o in zip(theirs, ours, strict=True):
+        if t != o:
+            raise ProtocolViolation(f"tensor mismatch: peer {t}, ours {o}")
+
+
+async def write_tensors(writer: asyncio.StreamWriter, arrays: Mapping[str, np.ndarray]) -> None:
+    """Send the raw bytes, draining only when the transport's buffer fills (keeps loopback fast)."""
+    for array in arrays.values():
+        data = memoryview(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))).cast("B")
+        for start in range(0, len(data), READ_CHUNK_BYTES):
+            writer.write(data[start : start + READ_CHUNK_BYTES])
+            await writer.drain()
+
+
+async def read_tensors(reader: asyncio.StreamReader, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """Read a body whose specs were already checked against our model; reject NaN/Inf."""
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        for spec in specs:
+            buffer = bytearray(spec.nbytes)
+            view = memoryview(buffer)
+            for start in range(0, spec.nbytes, READ_CHUNK_BYTES):
+                chunk = await reader.readexactly(min(READ_CHUNK_BYTES, spec.nbytes - start))
+                view[start : start + len(chunk)] = chunk
+            array = np.frombuffer(buffer, dtype=np.dtype(spec.dtype).newbyteorder("<")).reshape(spec.shape)
+            if not np.isfinite(array).all():
+                raise ProtocolViolation(f"tensor {spec.name!r} contains NaN or Inf")
+            arrays[spec.name] = array.astype(spec.dtype, copy=False)
+    except asyncio.IncompleteReadError as e:
+        raise ProtocolViolation("stream ended inside the model body (truncated)") from e
+    return arrays
+
+
+def expect_weight(header: Mapping[str, Any]) -> float:
+    """A gossip weight: a finite positive number (a peer cannot zero or blow up the mix)."""
+    value = header.get("weight")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (0 < value < 1e12):
+        raise ProtocolViolation(f"weight must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def expect_round(header: Mapping[str, Any]) -> int:
+    value = header.get("round")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProtocolViolation(f"round must be a non-negative integer, got {value!r}")
+    return value
