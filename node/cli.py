@@ -105,12 +105,8 @@ def _control_address(control: str | None, data_dir: Path | None) -> tuple[str, i
 
 
 control_options = [
-    click.option(
-        "--control", metavar="HOST:PORT", help=f"The node's control API (default {DEFAULT_CONTROL})."
-    ),
-    click.option(
-        "--data-dir", type=click.Path(path_type=Path), help="Find the control API of the node using DIR."
-    ),
+    click.option("--control", metavar="HOST:PORT", help=f"The node's control API (default {DEFAULT_CONTROL})."),
+    click.option("--data-dir", type=click.Path(path_type=Path), help="Find the control API of the node using DIR."),
     click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table."),
 ]
 
@@ -157,9 +153,7 @@ def peers(control: str | None, data_dir: Path | None, as_json: bool) -> None:
 @click.option("--swarm", default="testnet", show_default=True)
 @click.option("--record-ttl-s", type=float, default=10.0, show_default=True)
 @click.option("--exit-when-converged", is_flag=True, help="Stop once every node lists all the others.")
-@click.option(
-    "--timeout-s", type=float, default=60.0, show_default=True, help="Give up converging after this."
-)
+@click.option("--timeout-s", type=float, default=60.0, show_default=True, help="Give up converging after this.")
 def testnet(**options: object) -> None:
     """Start a whole local swarm of real node processes on 127.0.0.1."""
     from node.testnet import TestnetOptions, run_testnet

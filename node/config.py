@@ -444,9 +444,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Name of the swarm; only nodes with the same name train together.",
         check=_check_swarm,
     ),
-    Setting(
-        "log_level", STR, ("log_level",), "Log verbosity.", choices=("debug", "info", "warning", "error")
-    ),
+    Setting("log_level", STR, ("log_level",), "Log verbosity.", choices=("debug", "info", "warning", "error")),
     Setting("log_format", STR, ("log_format",), "Log line format.", choices=("text", "json")),
     Setting(
         "listen",

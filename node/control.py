@@ -138,9 +138,7 @@ class ControlServer:
             reason = "permission denied (ports below 1024 need privileges)"
         else:
             reason = (exc.strerror or str(exc)).lower()
-        return (
-            f"control API cannot listen on {where}: {reason}; pick another with --control or FEDSWARM_CONTROL"
-        )
+        return f"control API cannot listen on {where}: {reason}; pick another with --control or FEDSWARM_CONTROL"
 
     # -- request handling -------------------------------------------------------------------------
 

@@ -50,13 +50,9 @@ def fetch_json(host: str, port: int, path: str, timeout_s: float = 5.0) -> Any:
             body = response.read()
     except urllib.error.HTTPError as exc:
         detail = _error_detail(exc)
-        raise ControlUnavailable(
-            f"fedswarm node at {where} answered {path} with HTTP {exc.code}{detail}"
-        ) from None
+        raise ControlUnavailable(f"fedswarm node at {where} answered {path} with HTTP {exc.code}{detail}") from None
     except urllib.error.URLError as exc:
-        raise ControlUnavailable(
-            f"no fedswarm node answers at {where} ({_reason(exc.reason)}); {_HINT}"
-        ) from None
+        raise ControlUnavailable(f"no fedswarm node answers at {where} ({_reason(exc.reason)}); {_HINT}") from None
     except (TimeoutError, OSError, http.client.HTTPException) as exc:
         raise ControlUnavailable(f"no fedswarm node answers at {where} ({_reason(exc)}); {_HINT}") from None
     try:

@@ -77,16 +77,10 @@ class Testnet:
             for stale in ("addrs.txt", "control.txt"):
                 (data_dir / stale).unlink(missing_ok=True)
             log = (data_dir / "node.log").open("ab")
-            cmd = node_command(
-                data_dir, swarm=self.options.swarm, record_ttl_s=self.options.record_ttl_s, join=join
-            )
-            self.procs.append(
-                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            )
+            cmd = node_command(data_dir, swarm=self.options.swarm, record_ttl_s=self.options.record_ttl_s, join=join)
+            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
             host, _, port = (
-                wait_for_file(data_dir / "control.txt", self.procs[-1], NODE_START_TIMEOUT_S)
-                .strip()
-                .rpartition(":")
+                wait_for_file(data_dir / "control.txt", self.procs[-1], NODE_START_TIMEOUT_S).strip().rpartition(":")
             )
             self.controls.append((host, int(port)))
             if i == 0:
@@ -143,9 +137,7 @@ def run_testnet(options: TestnetOptions) -> int:
         net.start()
         converged = net.wait_converged(options.timeout_s)
         if not converged:
-            click.echo(
-                f"the swarm did not converge within {options.timeout_s:.0f} s; see node.log files in {root}"
-            )
+            click.echo(f"the swarm did not converge within {options.timeout_s:.0f} s; see node.log files in {root}")
             return exitcodes.FAILURE
         net.show_tables()
         click.echo(f"\nall {options.nodes} nodes see each other.")

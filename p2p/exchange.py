@@ -146,9 +146,7 @@ class GossipExchange:
         check_specs(parse_specs(header.get("tensors")), self._state.specs)
         return expect_weight(header), expect_round(header)
 
-    def _record(
-        self, peer_id: str, role: str, outcome: Outcome, started: float, sent: int, reason=""
-    ) -> Outcome:
+    def _record(self, peer_id: str, role: str, outcome: Outcome, started: float, sent: int, reason="") -> Outcome:
         self.stats.outcomes[outcome.value] += 1
         if outcome is Outcome.OK:
             self.stats.last_ok_at[peer_id] = time.monotonic()
@@ -178,9 +176,7 @@ class GossipExchange:
             except ProtocolViolation as e:
                 return self._record(peer_id, "caller", Outcome.REJECTED, started, sent, str(e))
             except (TimeoutError, PeerUnavailable, ConnectionError, asyncio.IncompleteReadError) as e:
-                return self._record(
-                    peer_id, "caller", Outcome.FAILED, started, sent, str(e) or type(e).__name__
-                )
+                return self._record(peer_id, "caller", Outcome.FAILED, started, sent, str(e) or type(e).__name__)
             return self._record(peer_id, "caller", outcome, started, sent, reason)
 
     async def _call(self, reader, writer, before: Snapshot) -> tuple[Outcome, str]:
@@ -272,9 +268,7 @@ class GossipExchange:
                     await write_frame(writer, encode_header("pull", fingerprint=self._state.fingerprint))
                     header = await read_header(reader)
                     if header["type"] != "model":
-                        raise ProtocolViolation(
-                            f"expected model, got {header['type']!r}: {header.get('reason')}"
-                        )
+                        raise ProtocolViolation(f"expected model, got {header['type']!r}: {header.get('reason')}")
                     weight, round_ = self._check_model_header(header)
                     arrays = await read_tensors(reader, self._state.specs)
                 finally:

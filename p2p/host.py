@@ -165,9 +165,7 @@ class Host:
         """How many peers our DHT routing table holds."""
         return len(self._dht.protocol.routing_table.uid_to_peer_id)
 
-    async def join_until_connected(
-        self, addrs: Sequence[str], *, retry_max_s: float, stop: asyncio.Event
-    ) -> None:
+    async def join_until_connected(self, addrs: Sequence[str], *, retry_max_s: float, stop: asyncio.Event) -> None:
         """Keep trying `addrs` with exponential backoff while we know no other peer.
 
         Runs for the life of the node: if we lose every neighbour later (a cut link, the whole
@@ -184,7 +182,7 @@ class Host:
                 else:
                     if not announced_alone:
                         log.warning(
-                            "no bootstrap peer answers (%s); running as a swarm of one, retrying with backoff",  # noqa: E501
+                            "no bootstrap peer answers (%s); running as a swarm of one, retrying with backoff",
                             ", ".join(addrs),
                         )
                         announced_alone = True
@@ -217,9 +215,7 @@ class Host:
         if addrs:
             await self.connect(peer_id, addrs)
         try:
-            _, reader, writer = await self._p2p.call_binary_stream_handler(
-                PeerID.from_base58(peer_id), protocol
-            )
+            _, reader, writer = await self._p2p.call_binary_stream_handler(PeerID.from_base58(peer_id), protocol)
         except (ControlFailure, P2PDaemonError, OSError, ConnectionError) as e:
             # ControlFailure: the daemon found no route, or the peer does not serve `protocol`
             raise PeerUnavailable(f"cannot open a stream to {peer_id}: {e}") from e

@@ -81,9 +81,7 @@ def load_identity(path: Path) -> Identity:
         raise IdentityError(f"identity file {path} is not a libp2p RSA private key ({e})") from e
     signing_key = RSAPrivateKey.__new__(RSAPrivateKey)  # wrap the loaded key, do not generate one
     signing_key.__setstate__({"_private_key": pb.data})
-    return Identity(
-        path=path, peer_id=peer_id_from_public_key(private_key.public_key()), signing_key=signing_key
-    )
+    return Identity(path=path, peer_id=peer_id_from_public_key(private_key.public_key()), signing_key=signing_key)
 
 
 def load_or_create_identity(path: Path) -> tuple[Identity, bool]:

@@ -39,9 +39,7 @@ def test_nodes_joining_through_a_list_each_other_and_cli_reports_schema(start_no
     a, b, c = three_node_swarm(start_node)
 
     cli = [sys.executable, "-m", "node"]
-    out = subprocess.run(
-        [*cli, "status", "--json", "--data-dir", str(b.data_dir)], capture_output=True, text=True
-    )
+    out = subprocess.run([*cli, "status", "--json", "--data-dir", str(b.data_dir)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
     assert {"peer_id", "swarm", "addrs", "peers", "uptime_s", "version"} <= status.keys()
@@ -50,9 +48,7 @@ def test_nodes_joining_through_a_list_each_other_and_cli_reports_schema(start_no
     assert status["uptime_s"] > 0
 
     host, port = b.control
-    out = subprocess.run(
-        [*cli, "peers", "--json", "--control", f"{host}:{port}"], capture_output=True, text=True
-    )
+    out = subprocess.run([*cli, "peers", "--json", "--control", f"{host}:{port}"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     peers = json.loads(out.stdout)
     assert {p["peer_id"] for p in peers} == {a.peer_id, c.peer_id}
@@ -116,9 +112,7 @@ def test_a_node_of_another_swarm_on_the_same_dht_is_not_listed(start_node):
     wait_until(lambda: a.peer_ids() == {b.peer_id}, timeout_s=15, what="a to list b")
     wait_until(lambda: b.peer_ids() == {a.peer_id}, timeout_s=15, what="b to list a")
     # the stranger is on the same DHT (it could join through a), yet it is not a member of "itest"
-    wait_until(
-        lambda: stranger.status()["dht_neighbours"] >= 1, timeout_s=15, what="the stranger to join the DHT"
-    )
+    wait_until(lambda: stranger.status()["dht_neighbours"] >= 1, timeout_s=15, what="the stranger to join the DHT")
     deadline = time.monotonic() + 2 * TTL_S
     while time.monotonic() < deadline:
         assert stranger.peer_id not in a.peer_ids() | b.peer_ids()
