@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from node import __version__, exitcodes
-from node.config import ConfigError, load_config, parse_control_address
+from node.config import BOOL, FLOAT, INT, SETTINGS, ConfigError, load_config, parse_control_address
 
 DEFAULT_CONTROL = "127.0.0.1:8470"
 
@@ -64,9 +64,23 @@ def id_command(config_file: Path | None, data_dir: Path | None) -> None:
     click.echo(identity.peer_id)
 
 
+def training_options(f):
+    """One flag per training setting, generated from the settings table (so they cannot drift apart)."""
+    types = {INT: int, FLOAT: float}
+    for setting in reversed([s for s in SETTINGS if s.path[0] == "training"]):
+        if setting.kind is BOOL:
+            f = click.option(f"{setting.flag}/--no-{setting.flag[2:]}", setting.name, default=None, help=setting.help)(
+                f
+            )
+        else:
+            f = click.option(setting.flag, setting.name, type=types.get(setting.kind, str), help=setting.help)(f)
+    return f
+
+
 @main.command()
 @config_option
 @data_dir_option
+@training_options
 @click.option("--swarm", help="Swarm name: nodes only see members of the same swarm.")
 @click.option("--listen", multiple=True, metavar="MULTIADDR", help="Address to listen on (repeatable).")
 @click.option("--announce", multiple=True, metavar="MULTIADDR", help="Address to tell peers (repeatable).")
@@ -148,14 +162,20 @@ def peers(control: str | None, data_dir: Path | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--nodes", type=click.IntRange(1, 64), default=3, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Keep node data dirs here.")
+@click.option("--nodes", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--task", default="digits", show_default=True, help="digits, breast_cancer, synthetic or module:function")
+@click.option("--rounds", type=click.IntRange(0), default=30, show_default=True, help="0 = until Ctrl-C")
+@click.option("--alpha", type=float, default=0.0, show_default=True, help="Dirichlet label skew; 0 = IID")
+@click.option("--local-steps", type=click.IntRange(0), default=10, show_default=True)
+@click.option("--lr", type=float, default=0.05, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Keep data dirs and result.json here.")
 @click.option("--swarm", default="testnet", show_default=True)
-@click.option("--record-ttl-s", type=float, default=10.0, show_default=True)
-@click.option("--exit-when-converged", is_flag=True, help="Stop once every node lists all the others.")
-@click.option("--timeout-s", type=float, default=60.0, show_default=True, help="Give up converging after this.")
+@click.option("--baseline", is_flag=True, help="Also train each node alone and one model on all data.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (progress goes to stderr).")
+@click.option("--timeout-s", type=float, default=600.0, show_default=True)
 def testnet(**options: object) -> None:
-    """Start a whole local swarm of real node processes on 127.0.0.1."""
+    """Start a whole local swarm of real node processes on 127.0.0.1 and train."""
     from node.testnet import TestnetOptions, run_testnet
 
     sys.exit(run_testnet(TestnetOptions(**options)))
@@ -163,7 +183,7 @@ def testnet(**options: object) -> None:
 
 @main.command()
 def demo() -> None:
-    """The built-in demo: a 3-node local swarm that finds itself, shows its peer tables and stops."""
+    """The built-in demo: 4 nodes train on non-IID digits, beside local-only and centralized baselines."""
     from node.testnet import TestnetOptions, run_testnet
 
-    sys.exit(run_testnet(TestnetOptions(nodes=3, exit_when_converged=True)))
+    sys.exit(run_testnet(TestnetOptions(nodes=4, task="digits", rounds=30, alpha=0.3, baseline=True)))

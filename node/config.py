@@ -84,6 +84,35 @@ class ControlConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TrainingConfig:
+    task: str = "digits"  # digits | breast_cancer | synthetic | package.module:function
+    data: str = ""  # a CSV file of the user's own tabular data ("" = the task's data)
+    label_column: str = "label"
+    partition: str = "0/1"  # "i/n": this node holds part i of n (testnets)
+    alpha: float = 0.0  # Dirichlet label skew of the partition; 0 = IID
+    seed: int = 0  # data split and partition
+    init_seed: int = 0  # initial parameters (same on every node unless told otherwise)
+    train: bool = True  # False: gossip only (consensus experiments)
+    rounds: int = 0  # 0 = until stopped
+    local_steps: int = 20
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight: float = 1.0  # initial gossip weight
+    checkpoint_every: int = 10  # rounds
+    exchange_timeout_s: float = 30.0
+    min_peers: int = 0  # wait for this many live peers before the first round (testnets start together)
+    pull_wait_s: float = 10.0  # a newcomer waits this long for a live peer to start from
+    torch_threads: int = 1
+
+    @property
+    def partition_pair(self) -> tuple[int, int]:
+        index, count = self.partition.split("/")
+        return int(index), int(count)
+
+
+@dataclass(frozen=True, kw_only=True)
 class NodeConfig:
     data_dir: Path = Path("fedswarm-data")
     swarm: str = "fedswarm"
@@ -92,6 +121,7 @@ class NodeConfig:
     p2p: P2PConfig = field(default_factory=P2PConfig)
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
 
     @property
     def identity_path(self) -> Path:
@@ -237,10 +267,41 @@ def _at_least(minimum: float) -> Callable[[float], float]:
     return check
 
 
+def _finite_ge0(value: float) -> float:
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_number(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"must be more than 0, got {value:g}")
+    return value
+
+
 def _positive(seconds: float) -> float:
     if seconds <= 0:
         raise ValueError(f"must be more than 0 seconds, got {seconds:g}")
     return seconds
+
+
+def _check_partition(text: str) -> str:
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise ValueError(f"{text!r} is not i/n with 0 <= i < n, e.g. 0/4 for the first of four parts")
+    return f"{int(m.group(1))}/{int(m.group(2))}"
+
+
+def _non_negative_int(value: int) -> int:
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_int(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"must be 1 or more, got {value}")
+    return value
 
 
 def _parse_port(text: str) -> int:
@@ -506,6 +567,39 @@ SETTINGS: tuple[Setting, ...] = (
         "HOST:PORT of the local control API ([::1]:8470 for IPv6).",
         check=_check_control,
     ),
+)
+
+_TRAINING_SETTINGS: tuple[tuple[str, Kind, str, Callable[[Any], Any] | None, tuple[str, ...]], ...] = (
+    ("task", STR, "Task: digits, breast_cancer, synthetic, or package.module:function.", None, ()),
+    ("data", STR, "CSV file with your own tabular data (needs label_column).", None, ()),
+    ("label_column", STR, "Name of the label column in the CSV file.", None, ()),
+    ("partition", STR, "i/n: train on part i of n of the task's data (testnets).", _check_partition, ()),
+    ("alpha", FLOAT, "Dirichlet label skew of the partition (0 = IID; 0.3 = strongly non-IID).", _finite_ge0, ()),
+    ("seed", INT, "Seed of the data split and partition.", None, ()),
+    ("init_seed", INT, "Seed of the initial parameters.", None, ()),
+    ("train", BOOL, "Train locally (false: gossip averaging only).", None, ()),
+    ("rounds", INT, "Rounds of local training + one exchange; 0 = until stopped.", _non_negative_int, ()),
+    ("local_steps", INT, "Optimizer steps per round.", _non_negative_int, ()),
+    ("batch_size", INT, "Mini-batch size.", _positive_int, ()),
+    ("optimizer", STR, "Optimizer.", None, ("sgd", "adam")),
+    ("lr", FLOAT, "Learning rate.", _positive_number, ()),
+    ("momentum", FLOAT, "SGD momentum (0 = none).", _finite_ge0, ()),
+    ("weight", FLOAT, "Initial gossip weight of this node.", _positive_number, ()),
+    ("checkpoint_every", INT, "Write a checkpoint every this many rounds (and at shutdown).", _positive_int, ()),
+    ("exchange_timeout_s", FLOAT, "Deadline of one exchange with a peer (seconds).", _positive, ()),
+    ("min_peers", INT, "Wait for this many live peers before the first round.", _non_negative_int, ()),
+    (
+        "pull_wait_s",
+        FLOAT,
+        "How long a new node waits for a live peer to copy the model from (seconds).",
+        _finite_ge0,
+        (),
+    ),
+    ("torch_threads", INT, "CPU threads for torch.", _positive_int, ()),
+)
+SETTINGS = SETTINGS + tuple(
+    Setting(name, kind, ("training", name), help, check=check, choices=choices)
+    for name, kind, help, check, choices in _TRAINING_SETTINGS
 )
 
 SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}

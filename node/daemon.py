@@ -21,6 +21,7 @@ from node.config import NodeConfig
 from node.control import ControlServer, ControlStartError
 from node.metrics import NodeMetrics
 from p2p.errors import HostStartError, IdentityError
+from p2p.exchange import GossipExchange
 from p2p.host import Host, HostOptions
 from p2p.identity import load_or_create_identity
 from p2p.membership import Membership
@@ -55,12 +56,14 @@ class Node:
         self.addrs: list[str] = []
         self.metrics = NodeMetrics(self)
         self.control: ControlServer | None = None
+        self.learner = None  # node.learner.Learner, once the task is loaded
+        self.resumed = False
         self._published = False
 
     # --- what the control API shows ------------------------------------------------------------
 
     def status(self) -> dict:
-        return {
+        status = {
             "peer_id": self.host.peer_id if self.host else None,
             "swarm": self.config.swarm,
             "addrs": self.addrs,
@@ -69,6 +72,9 @@ class Node:
             "uptime_s": round(self.uptime_s(), 3),
             "version": __version__,
         }
+        if self.learner is not None:
+            status.update(self.learner.status())
+        return status
 
     def peers(self) -> list[dict]:
         now = time.time()
@@ -122,6 +128,7 @@ class Node:
             refresh_interval_s=cfg.membership.refresh_interval_s,
             poll_interval_s=cfg.membership.poll_interval_s,
         )
+        await self._start_learner()
         self.control = ControlServer(
             host=cfg.control.host,
             port=cfg.control.port,
@@ -143,12 +150,40 @@ class Node:
         print(f"  control API on http://{cfg.control.host}:{port}", flush=True)
         log.info("node started: peer %s, swarm %r, control port %d", self.host.peer_id, cfg.swarm, port)
 
+    async def _start_learner(self) -> None:
+        # torch and the task load only here: `fedswarm status` and friends never pay for them
+        from node.learner import Learner
+        from training.errors import CheckpointError, TaskError
+
+        try:
+            self.learner = Learner(self.config, self.membership, self.host.peer_id)
+        except TaskError as e:
+            raise StartupError(exitcodes.CONFIG, f"invalid setting 'task': {e}") from e
+        try:
+            self.resumed = await asyncio.to_thread(self.learner.resume)
+        except (CheckpointError, ValueError) as e:
+            raise StartupError(exitcodes.CHECKPOINT, f"cannot resume: {e}") from e
+        self.membership.info = self.learner.membership_info
+        from training.aggregate import weighted_mean
+
+        exchange = GossipExchange(
+            self.host, self.learner.state, mix=weighted_mean, timeout_s=self.config.training.exchange_timeout_s
+        )
+        await exchange.start()
+        self.learner.exchange = exchange
+
+    async def _learn(self, stop: asyncio.Event) -> None:
+        if not self.resumed:
+            await self.learner.start_from_peer(stop)
+        await self.learner.run(stop)
+
     async def run(self, stop: asyncio.Event) -> None:
         assert self.host and self.membership, "start() first"
         self._published = True  # from here on, shutdown owes the swarm a tombstone
         await self.membership.publish()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.membership.run(stop))
+            tg.create_task(self._learn(stop))
             if self.config.p2p.join:
                 tg.create_task(
                     self.host.join_until_connected(
@@ -157,7 +192,9 @@ class Node:
                 )
 
     async def shutdown(self) -> None:
-        """Withdraw from the swarm, stop serving, stop libp2p. Bounded in time."""
+        """Save the model, withdraw from the swarm, stop serving, stop libp2p. Bounded in time."""
+        if self.learner is not None and self._published:
+            await self.learner.save()
         if self.membership is not None and self._published:
             try:
                 async with asyncio.timeout(SHUTDOWN_WITHDRAW_S):

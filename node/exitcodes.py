@@ -7,5 +7,6 @@ CONFIG = 3  # an invalid setting: the message names it
 IDENTITY = 4  # the identity key file cannot be read or created
 NETWORK = 5  # libp2p could not start (listen address, daemon)
 CONTROL = 6  # the control API cannot bind its address
+CHECKPOINT = 8  # the checkpoint in the data dir is corrupt or for another model
 NO_NODE = 7  # `status` / `peers`: no node answers at the control address
 INTERRUPTED = 130  # a second SIGINT/SIGTERM forced the exit

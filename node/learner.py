@@ -1,0 +1,251 @@
+"""The main job: train on local data, average with a peer, repeat.
+
+This is the one place where training (torch, in worker threads) meets the network (the gossip
+exchange, in the event loop). `ModelStateAdapter` lets the exchange read and mix the trainer's
+parameters as numpy arrays without knowing torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from node.config import NodeConfig, TrainingConfig
+from p2p.exchange import GossipExchange, Outcome, Snapshot
+from p2p.membership import Membership, Peer
+from p2p.wire import specs_of
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.tasks import Task, TaskSpec, load_task
+from training.trainer import LocalTrainer, TrainerConfig, fingerprint
+
+log = logging.getLogger("fedswarm.learner")
+
+PEERS_TRIED_PER_ROUND = 3
+IDLE_WAIT_S = 0.5  # with nobody to average with and nothing to train, do not spin
+
+
+def task_spec(cfg: TrainingConfig) -> TaskSpec:
+    return TaskSpec(
+        name=cfg.task,
+        csv=Path(cfg.data) if cfg.data else None,
+        label_column=cfg.label_column,
+        partition=cfg.partition_pair,
+        alpha=cfg.alpha or None,
+        seed=cfg.seed,
+    )
+
+
+def trainer_config(cfg: TrainingConfig) -> TrainerConfig:
+    return TrainerConfig(
+        local_steps=cfg.local_steps,
+        batch_size=cfg.batch_size,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        seed=cfg.seed,
+    )
+
+
+def build_trainer(cfg: TrainingConfig, task: Task) -> LocalTrainer:
+    torch.manual_seed(cfg.init_seed)  # same seed on every node => every node starts from one model
+    return LocalTrainer(task.make_model(), task.data, trainer_config(cfg))
+
+
+class ModelStateAdapter:
+    """The trainer's parameters, weight and round as the gossip exchange sees them."""
+
+    def __init__(self, trainer: LocalTrainer, weight: float, round_: int):
+        self.trainer = trainer
+        self.weight = weight
+        self.round = round_
+        arrays = trainer.named_arrays()
+        self.specs = specs_of(arrays)
+        self.fingerprint = fingerprint(arrays)
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.trainer.named_arrays(), self.weight, self.round)
+
+    def apply(self, before: Snapshot, mixed: dict[str, np.ndarray], weight: float) -> None:
+        # mixed - before, not mixed: keep whatever the trainer learnt while the exchange ran
+        self.trainer.add_deltas({name: mixed[name] - before.arrays[name] for name in mixed})
+        self.weight = weight
+
+
+@dataclass
+class Progress:
+    round: int = 0
+    done: bool = False
+    train_loss: float | None = None
+    val: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] = field(default_factory=dict)
+    started_from: str = "init"  # "init" | "checkpoint" | "peer <id>"
+    start_test: dict[str, float] = field(default_factory=dict)  # test metrics of the model we started from
+
+
+class Learner:
+    def __init__(self, config: NodeConfig, membership: Membership, host_peer_id: str):
+        self.config = config
+        self.cfg = config.training
+        self.membership = membership
+        self.peer_id = host_peer_id
+        torch.set_num_threads(self.cfg.torch_threads)
+        self.task = load_task(task_spec(self.cfg))
+        self.trainer = build_trainer(self.cfg, self.task)
+        self.state = ModelStateAdapter(self.trainer, self.cfg.weight, 0)
+        self.progress = Progress()
+        self.exchange: GossipExchange | None = None
+        self.checkpoint_dir = config.data_dir / "checkpoint"
+
+    # --- what the node shows ----------------------------------------------------------------------
+
+    def membership_info(self) -> dict[str, Any]:
+        return {"round": self.state.round, "fingerprint": self.state.fingerprint, "done": self.progress.done}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "task": self.cfg.task,
+            "round": self.state.round,
+            "rounds": self.cfg.rounds,
+            "done": self.progress.done,
+            "weight": self.state.weight,
+            "model_fingerprint": self.state.fingerprint,
+            "started_from": self.progress.started_from,
+            "start_test": dict(self.progress.start_test),
+            # loss and accuracy on the local validation split; train_loss is the last rounds' mean batch loss
+            "train": {**self.progress.val, "train_loss": self.progress.train_loss},
+            "test": dict(self.progress.test),
+            "exchanges": self.exchange.stats.as_json() if self.exchange else {o.value: 0 for o in Outcome},
+        }
+
+    # --- start: resume, or copy a live peer, or start fresh -------------------------------------
+
+    def resume(self) -> bool:
+        """Load the last checkpoint of this data dir, if any. Raises CheckpointError if it is corrupt."""
+        found = load_checkpoint(self.checkpoint_dir)
+        if found is None:
+            return False
+        arrays, meta = found
+        if meta.get("fingerprint") != self.state.fingerprint:
+            raise ValueError(
+                f"the checkpoint in {self.checkpoint_dir} is for another model "
+                f"(fingerprint {meta.get('fingerprint')!r}, task {meta.get('task')!r}); move it away or fix 'task'"
+            )
+        self.trainer.load_arrays(arrays)
+        self.state.weight = float(meta["weight"])
+        self.state.round = int(meta["round"])
+        self.trainer.steps_done = int(meta.get("steps_done", 0))  # continue the same batch order
+        self.progress.round = self.state.round
+        self.progress.started_from = "checkpoint"
+        log.info("resumed from checkpoint at round %d (weight %.4g)", self.state.round, self.state.weight)
+        return True
+
+    async def start_from_peer(self, stop: asyncio.Event) -> None:
+        """A newcomer to a swarm that is already training copies a live peer's model first."""
+        if not self.config.p2p.join or self.cfg.pull_wait_s <= 0:
+            return
+        deadline = time.monotonic() + self.cfg.pull_wait_s
+        while time.monotonic() < deadline and not stop.is_set():
+            candidates = [p for p in self._partners() if int(p.record.info.get("round", 0)) > 0]
+            for peer in sorted(candidates, key=lambda p: -int(p.record.info.get("round", 0))):
+                snap = await self.exchange.pull(peer.peer_id, peer.record.addrs)
+                if snap is not None:
+                    await asyncio.to_thread(self.trainer.load_arrays, snap.arrays)
+                    self.state.round = snap.round
+                    self.progress.started_from = f"peer {peer.peer_id}"
+                    log.info("starting from the model of %s at round %d", peer.peer_id, snap.round)
+                    return
+            if self.membership.peers():
+                return  # peers are there but none has trained yet: start together from the init
+            await asyncio.sleep(0.25)
+        log.info(
+            "no live peer to copy a model from within %.0f s; starting from the initial model", self.cfg.pull_wait_s
+        )
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    async def wait_for_peers(self, stop: asyncio.Event) -> None:
+        """Hold the first round until `min_peers` peers are live, so a swarm starts training together."""
+        want = self.cfg.min_peers
+        logged = -1
+        while not stop.is_set() and len(self.membership.peers()) < want:
+            have = len(self.membership.peers())
+            if have != logged:
+                log.info("waiting for peers before training: %d of %d", have, want)
+                logged = have
+            self.membership.peers_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.membership.peers_changed.wait()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._evaluate()
+        self.progress.start_test = dict(self.progress.test)
+        await self.wait_for_peers(stop)
+        while not stop.is_set() and (self.cfg.rounds == 0 or self.state.round < self.cfg.rounds):
+            if self.cfg.train and self.cfg.local_steps > 0:
+                self.progress.train_loss = await asyncio.to_thread(self.trainer.train_steps)
+            exchanged = await self._exchange_once()
+            if not exchanged and not self.cfg.train:
+                await asyncio.sleep(IDLE_WAIT_S)
+                continue  # gossip-only: a round is an exchange
+            self.state.round += 1
+            await self._evaluate()
+            if self.state.round % self.cfg.checkpoint_every == 0:
+                await self.save()
+        if not stop.is_set():
+            self.progress.done = True
+            await self.save()
+            log.info(
+                "finished %d rounds: test accuracy %.4f; still answering peers until stopped",
+                self.state.round,
+                self.progress.test.get("accuracy", float("nan")),
+            )
+
+    def _partners(self) -> list[Peer]:
+        return [
+            p
+            for p in self.membership.peers()
+            if p.record.info.get("fingerprint", self.state.fingerprint) == self.state.fingerprint
+        ]
+
+    async def _exchange_once(self) -> bool:
+        """Average with one peer: random, preferring those not averaged with recently."""
+        peers = self._partners()
+        if not peers:
+            return False
+        last_ok = self.exchange.stats.last_ok_at
+        random.shuffle(peers)
+        peers.sort(key=lambda p: last_ok.get(p.peer_id, 0.0))  # stable: random among equals
+        for peer in peers[: max(PEERS_TRIED_PER_ROUND, 1)]:
+            outcome = await self.exchange.exchange(peer.peer_id, peer.record.addrs)
+            if outcome is Outcome.OK:
+                return True
+        return False
+
+    async def _evaluate(self) -> None:
+        self.progress.val = await asyncio.to_thread(self.trainer.evaluate, "val")
+        self.progress.test = await asyncio.to_thread(self.trainer.evaluate, "test")
+
+    async def save(self) -> None:
+        snap = await asyncio.to_thread(self.state.snapshot)
+        meta = {
+            "round": snap.round,
+            "weight": snap.weight,
+            "fingerprint": self.state.fingerprint,
+            "task": self.cfg.task,
+            "peer_id": self.peer_id,
+            "steps_done": self.trainer.steps_done,
+            "done": self.progress.done,
+            "test": self.progress.test,
+            "config": {k: getattr(self.cfg, k) for k in self.cfg.__dataclass_fields__},
+        }
+        await asyncio.to_thread(save_checkpoint, self.checkpoint_dir, snap.arrays, meta)
