@@ -94,7 +94,7 @@ class TrainingConfig:
     init_seed: int = 0  # initial parameters (same on every node unless told otherwise)
     train: bool = True  # False: gossip only (consensus experiments)
     rounds: int = 0  # 0 = until stopped
-    local_steps: int = 20
+    local_steps: int = 5
     batch_size: int = 32
     optimizer: str = "sgd"
     lr: float = 0.05

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from node.config import NodeConfig, TrainingConfig
+from p2p.aio import wait_stopped
 from p2p.exchange import GossipExchange, Outcome, Snapshot
 from p2p.membership import Membership, Peer
 from p2p.wire import specs_of
@@ -30,7 +31,8 @@ from training.trainer import LocalTrainer, TrainerConfig, fingerprint
 log = logging.getLogger("fedswarm.learner")
 
 PEERS_TRIED_PER_ROUND = 3
-IDLE_WAIT_S = 0.5  # with nobody to average with and nothing to train, do not spin
+IDLE_WAIT_S = 0.5
+DONE_REFRESH_S = 1.0  # with nobody to average with and nothing to train, do not spin
 
 
 def task_spec(cfg: TrainingConfig) -> TaskSpec:
@@ -68,6 +70,7 @@ class ModelStateAdapter:
         self.weight = weight
         self.round = round_
         arrays = trainer.named_arrays()
+        self.version = 0  # counts applied exchanges: tells the learner its metrics went stale
         self.specs = specs_of(arrays)
         self.fingerprint = fingerprint(arrays)
 
@@ -78,6 +81,7 @@ class ModelStateAdapter:
         # mixed - before, not mixed: keep whatever the trainer learnt while the exchange ran
         self.trainer.add_deltas({name: mixed[name] - before.arrays[name] for name in mixed})
         self.weight = weight
+        self.version += 1
 
 
 @dataclass
@@ -201,14 +205,21 @@ class Learner:
             await self._evaluate()
             if self.state.round % self.cfg.checkpoint_every == 0:
                 await self.save()
-        if not stop.is_set():
-            self.progress.done = True
-            await self.save()
-            log.info(
-                "finished %d rounds: test accuracy %.4f; still answering peers until stopped",
-                self.state.round,
-                self.progress.test.get("accuracy", float("nan")),
-            )
+        if stop.is_set():
+            return
+        self.progress.done = True
+        await self.save()
+        log.info(
+            "finished %d rounds: test accuracy %.4f; still answering peers until stopped",
+            self.state.round,
+            self.progress.test.get("accuracy", float("nan")),
+        )
+        # Peers may still average with us: keep the shown metrics true to the model we hold.
+        seen = self.state.version
+        while not await wait_stopped(stop, DONE_REFRESH_S):
+            if self.state.version != seen:
+                seen = self.state.version
+                await self._evaluate()
 
     def _partners(self) -> list[Peer]:
         return [

@@ -32,9 +32,9 @@ POLL_S = 0.5
 class TestnetOptions:
     nodes: int = 4
     task: str = "digits"
-    rounds: int = 30
+    rounds: int = 100
     alpha: float = 0.0
-    local_steps: int = 10
+    local_steps: int = 5
     lr: float = 0.05
     seed: int = 0
     out: Path | None = None

@@ -169,7 +169,7 @@ class Membership:
         self._ttl_s = record_ttl_s
         self._refresh_s = refresh_interval_s
         self._poll_s = poll_interval_s
-        self._info = info
+        self.info = info  # extra fields of our record (round, fingerprint, ...), read at each refresh
         self._started_at = time.time()
         self._peers: dict[str, Peer] = {}
         self.peers_changed = asyncio.Event()  # set whenever the table changes (tests and UIs wait on it)
@@ -226,7 +226,7 @@ class Membership:
             updated_at=time.time(),
             started_at=self._started_at,
             left=left,
-            info=dict(self._info()),
+            info=dict(self.info()),
         )
 
     async def publish(self, *, left: bool = False) -> bool:

@@ -90,13 +90,17 @@ def decode_header(blob: bytes) -> dict[str, Any]:
 
 async def read_header(reader: asyncio.StreamReader, max_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any]:
     """Read one header frame; the length is checked before the header is read."""
+    length_read = False
     try:
         (length,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+        length_read = True
         if length > max_bytes:
             raise ProtocolViolation(f"header length {length} exceeds the {max_bytes}-byte limit")
         return decode_header(await reader.readexactly(length))
     except asyncio.IncompleteReadError as e:
-        raise ProtocolViolation(f"stream ended after {len(e.partial)} bytes of a frame (truncated)") from e
+        if not e.partial and not length_read:
+            raise ConnectionResetError("the peer closed the stream") from e
+        raise ProtocolViolation("stream ended inside a frame (truncated)") from e
 
 
 async def write_frame(writer: asyncio.StreamWriter, header: bytes) -> None:

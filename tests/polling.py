@@ -18,7 +18,5 @@ def wait_until(condition: Callable[[], T], *, timeout_s: float, what: str, inter
         if last:
             return last
         if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"timed out after {timeout_s:.1f} s waiting for {what} (last value: {last!r})"
-            )
+            raise AssertionError(f"timed out after {timeout_s:.1f} s waiting for {what} (last value: {last!r})")
         time.sleep(interval_s)

@@ -52,9 +52,7 @@ async def serving(
     registry: prometheus_client.CollectorRegistry | None = None,
     port: int = 0,
 ) -> AsyncIterator[tuple[ControlServer, int]]:
-    server = ControlServer(
-        host="127.0.0.1", port=port, status=status, peers=peers, registry=registry or _registry()
-    )
+    server = ControlServer(host="127.0.0.1", port=port, status=status, peers=peers, registry=registry or _registry())
     bound = await server.start()
     try:
         yield server, bound
