@@ -31,8 +31,9 @@ from training.trainer import LocalTrainer, TrainerConfig, fingerprint
 log = logging.getLogger("fedswarm.learner")
 
 PEERS_TRIED_PER_ROUND = 3
-IDLE_WAIT_S = 0.5
-DONE_REFRESH_S = 1.0  # with nobody to average with and nothing to train, do not spin
+IDLE_WAIT_S = 0.5  # with nobody to average with and nothing to train, do not spin
+DONE_REFRESH_S = 1.0  # how often a finished node re-scores a model that peers keep averaging into
+RETRY_MAX_S = 30.0  # longest pause before retrying a peer whose exchanges failed
 
 
 def task_spec(cfg: TrainingConfig) -> TaskSpec:
@@ -108,6 +109,7 @@ class Learner:
         self.progress = Progress()
         self.exchange: GossipExchange | None = None
         self.checkpoint_dir = config.data_dir / "checkpoint"
+        self._retry_at: dict[str, tuple[float, float]] = {}  # peer -> (monotonic time, current delay)
 
     # --- what the node shows ----------------------------------------------------------------------
 
@@ -230,16 +232,23 @@ class Learner:
 
     async def _exchange_once(self) -> bool:
         """Average with one peer: random, preferring those not averaged with recently."""
-        peers = self._partners()
+        now = time.monotonic()
+        peers = [p for p in self._partners() if self._retry_at.get(p.peer_id, (0.0, 0.0))[0] <= now]
         if not peers:
             return False
         last_ok = self.exchange.stats.last_ok_at
         random.shuffle(peers)
         peers.sort(key=lambda p: last_ok.get(p.peer_id, 0.0))  # stable: random among equals
-        for peer in peers[: max(PEERS_TRIED_PER_ROUND, 1)]:
+        for peer in peers[:PEERS_TRIED_PER_ROUND]:
             outcome = await self.exchange.exchange(peer.peer_id, peer.record.addrs)
             if outcome is Outcome.OK:
+                self._retry_at.pop(peer.peer_id, None)
                 return True
+            if outcome in (Outcome.FAILED, Outcome.REJECTED):
+                # A dead or misbehaving peer stays in the member table until its record lapses: do not
+                # hammer it every round meanwhile (busy peers are fine to retry at once).
+                delay = min(max(self._retry_at.get(peer.peer_id, (0.0, 0.5))[1] * 2, 1.0), RETRY_MAX_S)
+                self._retry_at[peer.peer_id] = (time.monotonic() + delay, delay)
         return False
 
     async def _evaluate(self) -> None:

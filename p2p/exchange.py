@@ -4,8 +4,9 @@ Caller i and callee j swap (x, w) and both set x = (w_i x_i + w_j x_j) / (w_i + 
 w = (w_i + w_j) / 2, so the weighted sum and the total weight of the swarm are conserved.
 
     caller                                   callee
-    offer header, then its tensors  ----->   checks version, fingerprint, specs, busy
-                                    <-----   accept header, then its tensors (sent while reading)
+    offer header                    ----->   checks version, fingerprint, specs, busy
+                                    <-----   accept header (or busy / reject), then its tensors
+    its tensors (sent while reading) ---->
                                     <-----   ready (the caller's tensors were valid) | reject
     commit (after checking the callee's) ->  applies
     applies                         <-----   done
@@ -180,16 +181,18 @@ class GossipExchange:
             return self._record(peer_id, "caller", outcome, started, sent, reason)
 
     async def _call(self, reader, writer, before: Snapshot) -> tuple[Outcome, str]:
+        # The body goes out only after "accept": a busy or refusing peer never has megabytes in flight
+        # that it would have to drain (or reset the stream over) before it can answer.
         await write_frame(writer, self._offer_header("offer", before))
+        reply = await read_header(reader)
+        if reply["type"] == "busy":
+            return Outcome.BUSY, ""
+        if reply["type"] == "reject":
+            return Outcome.FAILED, f"peer refused: {reply.get('reason')}"
+        if reply["type"] != "accept":
+            raise ProtocolViolation(f"expected accept, got {reply['type']!r}")
+        weight, _ = self._check_model_header(reply)
         async with _sending(writer, before.arrays) as send:
-            reply = await read_header(reader)
-            if reply["type"] == "busy":
-                return Outcome.BUSY, ""
-            if reply["type"] == "reject":
-                return Outcome.FAILED, f"peer refused: {reply.get('reason')}"
-            if reply["type"] != "accept":
-                raise ProtocolViolation(f"expected accept, got {reply['type']!r}")
-            weight, _ = self._check_model_header(reply)
             try:
                 theirs = await read_tensors(reader, self._state.specs)
             except ProtocolViolation as e:

@@ -1,0 +1,117 @@
+"""A peer that sends garbage is rejected, logged and counted; the node keeps exchanging with honest peers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import msgpack
+import numpy as np
+import pytest
+
+from p2p.errors import ProtocolViolation
+from p2p.exchange import GOSSIP_PROTOCOL
+from p2p.host import Host, HostOptions
+from p2p.identity import load_or_create_identity
+from p2p.wire import PROTOCOL_VERSION, decode_header, encode_header, read_header, specs_of
+from tests.integration.test_gossip_training import FAST, digits_arrays, exchanges_ok
+from tests.polling import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+def offer(fingerprint: str, arrays: dict[str, np.ndarray], **overrides) -> bytes:
+    fields = dict(fingerprint=fingerprint, weight=1.0, round=0, tensors=[s.as_wire() for s in specs_of(arrays)])
+    fields.update(overrides)
+    return encode_header("offer", **fields)
+
+
+async def send_raw(host: Host, peer_id: str, addrs: list[str], header: bytes, rest: bytes) -> bool:
+    """Open a gossip stream, write `header`; if it is a well-formed offer, wait for the node's answer
+    (as an honest caller would) and send `rest` only after "accept". Then hang up.
+
+    Returns False if the node answered "busy" (it was averaging with someone else: try again).
+    """
+    reader, writer = await host.open_stream(peer_id, GOSSIP_PROTOCOL, addrs)
+    try:
+        writer.write(header)
+        await writer.drain()
+        async with asyncio.timeout(15):
+            if header_is_offer(header):
+                reply = await read_header(reader)
+                if reply["type"] == "busy":
+                    return False
+                if reply["type"] == "reject":
+                    return True  # refused on the header alone
+                assert reply["type"] == "accept", reply
+            writer.write(rest)
+            await writer.drain()
+            writer.write_eof()
+            await reader.read()  # until the node closes its side: it has finished judging us
+        return True
+    finally:
+        writer.close()
+
+
+def header_is_offer(header: bytes) -> bool:
+    try:
+        return decode_header(header[4:])["type"] == "offer"
+    except ProtocolViolation:
+        return False
+
+
+def wrong_version(fingerprint: str, arrays: dict[str, np.ndarray]) -> bytes:
+    blob = msgpack.packb({"v": PROTOCOL_VERSION + 98, "type": "offer", "fingerprint": fingerprint})
+    return len(blob).to_bytes(4, "big") + blob
+
+
+def test_hostile_frames_are_rejected_and_honest_exchanges_go_on(start_node, tmp_path):
+    victim = start_node("victim", "--min-peers", "1", *FAST)
+    honest = start_node("honest", "--min-peers", "1", "--join", victim.addrs[0], *FAST)
+    wait_until(lambda: exchanges_ok(victim) >= 3, timeout_s=60, what="honest exchanges to start")
+    fingerprint = victim.status()["model_fingerprint"]
+    arrays = digits_arrays()
+    nan_arrays = {k: v.copy() for k, v in arrays.items()}
+    next(iter(nan_arrays.values())).flat[0] = np.nan
+    body = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
+    nan_body = b"".join(np.ascontiguousarray(a).tobytes() for a in nan_arrays.values())
+
+    attacks = {
+        "wrong fingerprint": (offer("0123456789abcdef", arrays), body),
+        "truncated frame": (offer(fingerprint, arrays), body[: len(body) // 2]),
+        "oversized length header": (b"\xff\xff\xff\xf0", os.urandom(64)),
+        "NaN values": (offer(fingerprint, arrays), nan_body),
+        "garbage bytes": (b"\x00\x00\x00\x20" + os.urandom(32), b""),
+        "wrong protocol version": (wrong_version(fingerprint, arrays), b""),
+        "wrong shapes": (offer(fingerprint, arrays, tensors=[[k, "float32", [3, 3]] for k in arrays]), body),
+    }
+
+    async def attack_all() -> None:
+        identity, _ = load_or_create_identity(tmp_path / "attacker-identity")
+        attacker = await Host.start(identity, HostOptions())
+        try:
+            for name, (header, rest) in attacks.items():
+                before = victim.status()["exchanges"]["rejected"]
+                for _ in range(50):  # the victim may be busy averaging with the honest peer
+                    if await send_raw(attacker, victim.peer_id, victim.addrs, header, rest):
+                        break
+                    await asyncio.sleep(0.05)
+                await asyncio.to_thread(
+                    wait_until,
+                    lambda b=before: victim.status()["exchanges"]["rejected"] >= b + 1,
+                    timeout_s=15,
+                    what=f"the victim to reject: {name}",
+                )
+                assert victim.proc.poll() is None, f"the victim died of: {name}"
+        finally:
+            await attacker.close()
+
+    asyncio.run(attack_all())
+    assert victim.status()["exchanges"]["rejected"] >= len(attacks)
+    ok_after_attacks = exchanges_ok(victim)
+    wait_until(
+        lambda: exchanges_ok(victim) >= ok_after_attacks + 5,
+        timeout_s=60,
+        what="the victim to keep exchanging with the honest peer",
+    )
+    assert exchanges_ok(honest) > 0
