@@ -1,10 +1,11 @@
 """Checkpoints: tensors in safetensors, metadata in JSON, both written atomically. Never pickle.
 
-A checkpoint is the pair directory/checkpoint.safetensors + directory/checkpoint.json. Each file
-is written to a temporary file in the same directory, fsynced, then renamed over the old one
-(os.replace is atomic on POSIX). The JSON goes last and records the sha256 of the safetensors
-bytes, so it is the commit record: a crash between the two renames leaves a torn pair that
-`load_checkpoint` detects by the hash, instead of silently pairing old metadata with new weights.
+A checkpoint is directory/checkpoint.json (the commit record) naming a tensor file
+directory/checkpoint-<sha256 prefix>.safetensors. Each file is written to a temporary file in the
+same directory, fsynced, then renamed into place (os.replace is atomic on POSIX). The tensors go
+first under a new, content-addressed name; the JSON rename is the commit; only then is the previous
+tensor file removed. A crash at any point leaves the previous checkpoint whole and loadable: nothing
+is lost but the save that was in progress. The record's sha256 still catches a corrupted file.
 """
 
 import hashlib
@@ -23,7 +24,8 @@ from training.specs import tensor_specs
 
 __all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
 
-TENSORS_FILE = "checkpoint.safetensors"
+TENSORS_PREFIX = "checkpoint-"
+TENSORS_SUFFIX = ".safetensors"
 META_FILE = "checkpoint.json"
 FORMAT = "fedswarm-checkpoint"
 VERSION = 1
@@ -39,18 +41,25 @@ def save_checkpoint(directory: Path, arrays: Mapping[str, np.ndarray], meta: Map
     # Serialise both first: any error (a non-JSON meta, an unsupported dtype) happens before disk.
     # asarray(order="C"), not np.ascontiguousarray: the latter turns 0-d buffers into shape (1,).
     tensor_bytes = safetensors.numpy.save({name: np.asarray(a, order="C") for name, a in arrays.items()})
+    digest = hashlib.sha256(tensor_bytes).hexdigest()
+    tensors_file = f"{TENSORS_PREFIX}{digest[:16]}{TENSORS_SUFFIX}"
     record = {
         "format": FORMAT,
         "version": VERSION,
-        "tensors_sha256": hashlib.sha256(tensor_bytes).hexdigest(),
+        "tensors_file": tensors_file,
+        "tensors_sha256": digest,
         "tensors": [[name, dtype, list(shape)] for name, dtype, shape in tensor_specs(arrays)],
         "meta": dict(meta),
     }
     record_bytes = json.dumps(record, indent=1, sort_keys=True, allow_nan=False).encode()
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomic(directory / TENSORS_FILE, tensor_bytes)
+    _write_atomic(directory / tensors_file, tensor_bytes)
+    _fsync_directory(directory)  # the tensors are durable before the record that points at them
     _write_atomic(directory / META_FILE, record_bytes)
-    _fsync_directory(directory)  # make the renames themselves durable
+    _fsync_directory(directory)  # the commit itself is durable
+    for old in directory.glob(f"{TENSORS_PREFIX}*{TENSORS_SUFFIX}"):
+        if old.name != tensors_file:
+            old.unlink(missing_ok=True)
 
 
 def load_checkpoint(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
@@ -72,22 +81,25 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, A
     if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("version") != VERSION:
         raise CheckpointError(f"{directory / META_FILE} is not a {FORMAT} v{VERSION} record")
 
+    tensors_file = record.get("tensors_file")
+    if not isinstance(tensors_file, str) or "/" in tensors_file or not tensors_file.startswith(TENSORS_PREFIX):
+        raise CheckpointError(f"{directory / META_FILE} names no valid tensor file")
     try:
-        tensor_bytes = (directory / TENSORS_FILE).read_bytes()
+        tensor_bytes = (directory / tensors_file).read_bytes()
     except FileNotFoundError:
-        raise CheckpointError(f"{directory / META_FILE} exists but {TENSORS_FILE} is missing") from None
+        raise CheckpointError(f"{directory / META_FILE} exists but {tensors_file} is missing") from None
     # Hash the exact bytes that are then parsed: no window for the file to change in between.
     if hashlib.sha256(tensor_bytes).hexdigest() != record.get("tensors_sha256"):
-        raise CheckpointError(f"{directory / TENSORS_FILE} does not match its record's sha256 (torn or corrupt)")
+        raise CheckpointError(f"{directory / tensors_file} does not match its record's sha256 (torn or corrupt)")
     try:
         arrays = safetensors.numpy.load(tensor_bytes)
     except Exception as exc:  # safetensors raises its own SafetensorError; the hash makes this rare
-        raise CheckpointError(f"{directory / TENSORS_FILE} cannot be parsed: {exc}") from exc
+        raise CheckpointError(f"{directory / tensors_file} cannot be parsed: {exc}") from exc
 
     listed = record.get("tensors")
     found = [[name, dtype, list(shape)] for name, dtype, shape in tensor_specs(arrays)]
     if not isinstance(listed, list) or sorted(listed, key=str) != sorted(found, key=str):
-        raise CheckpointError(f"{directory / TENSORS_FILE} holds other tensors than its record lists")
+        raise CheckpointError(f"{directory / tensors_file} holds other tensors than its record lists")
     meta = record.get("meta")
     if not isinstance(meta, dict):
         raise CheckpointError(f"{directory / META_FILE} has no meta object")

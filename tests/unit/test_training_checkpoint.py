@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.checkpoint import META_FILE, TENSORS_FILE, CheckpointError, load_checkpoint, save_checkpoint
+from training.checkpoint import META_FILE, CheckpointError, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -33,6 +33,10 @@ def test_round_trip_is_exact(tmp_path: Path) -> None:
     assert meta == META
 
 
+def tensors_path(directory: Path) -> Path:
+    return directory / json.loads((directory / META_FILE).read_text())["tensors_file"]
+
+
 def test_absent_checkpoint_is_none(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "never-written") is None
     assert load_checkpoint(tmp_path) is None
@@ -41,7 +45,7 @@ def test_absent_checkpoint_is_none(tmp_path: Path) -> None:
 def test_overwrite_replaces_and_leaves_no_tmp_files(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, arrays(0), {"round": 1})
     save_checkpoint(tmp_path, arrays(1), {"round": 2})
-    assert sorted(p.name for p in tmp_path.iterdir()) == [META_FILE, TENSORS_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([META_FILE, tensors_path(tmp_path).name])
     loaded, meta = load_checkpoint(tmp_path)
     assert meta == {"round": 2} and np.array_equal(loaded["a.bias"], arrays(1)["a.bias"])
 
@@ -51,12 +55,12 @@ def test_bad_meta_fails_before_touching_disk(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         save_checkpoint(tmp_path, arrays(1), {"round": object()})
     assert load_checkpoint(tmp_path)[1] == {"round": 1}  # the previous checkpoint is intact
-    assert sorted(p.name for p in tmp_path.iterdir()) == [META_FILE, TENSORS_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([META_FILE, tensors_path(tmp_path).name])
 
 
 def test_truncated_tensor_file_is_detected(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, arrays(), META)
-    path = tmp_path / TENSORS_FILE
+    path = tensors_path(tmp_path)
     path.write_bytes(path.read_bytes()[:-5])
     with pytest.raises(CheckpointError, match="does not match its record's sha256"):
         load_checkpoint(tmp_path)
@@ -64,7 +68,7 @@ def test_truncated_tensor_file_is_detected(tmp_path: Path) -> None:
 
 def test_modified_tensor_file_is_detected(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, arrays(), META)
-    path = tmp_path / TENSORS_FILE
+    path = tensors_path(tmp_path)
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01  # one flipped bit in the last tensor's payload
     path.write_bytes(bytes(data))
@@ -72,11 +76,29 @@ def test_modified_tensor_file_is_detected(tmp_path: Path) -> None:
         load_checkpoint(tmp_path)
 
 
+def test_a_crash_before_the_commit_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    save_checkpoint(tmp_path, arrays(0), {"round": 1})
+    import training.checkpoint as checkpoint
+
+    real_write = checkpoint._write_atomic
+
+    def crash_on_the_record(path: Path, payload: bytes) -> None:
+        if path.name == META_FILE:
+            raise OSError("power cut")  # the new tensors are on disk, the commit record is not
+        real_write(path, payload)
+
+    monkeypatch.setattr(checkpoint, "_write_atomic", crash_on_the_record)
+    with pytest.raises(OSError, match="power cut"):
+        save_checkpoint(tmp_path, arrays(1), {"round": 2})
+    loaded, meta = load_checkpoint(tmp_path)
+    assert meta == {"round": 1} and np.array_equal(loaded["a.bias"], arrays(0)["a.bias"])
+
+
 def test_torn_pair_is_detected(tmp_path: Path) -> None:
-    # A crash between the two renames: new tensors next to the old record.
+    # Old record, tensor file overwritten by other bytes: caught by the hash.
     save_checkpoint(tmp_path / "old", arrays(0), {"round": 1})
     save_checkpoint(tmp_path / "new", arrays(1), {"round": 2})
-    (tmp_path / "old" / TENSORS_FILE).write_bytes((tmp_path / "new" / TENSORS_FILE).read_bytes())
+    tensors_path(tmp_path / "old").write_bytes(tensors_path(tmp_path / "new").read_bytes())
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "old")
 
@@ -92,7 +114,7 @@ def test_missing_tensors_or_broken_record_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="is not a fedswarm-checkpoint v1 record"):
         load_checkpoint(tmp_path)
     (tmp_path / META_FILE).write_text(json.dumps(record))
-    (tmp_path / TENSORS_FILE).unlink()
+    tensors_path(tmp_path).unlink()
     with pytest.raises(CheckpointError, match="is missing"):
         load_checkpoint(tmp_path)
 
