@@ -261,7 +261,7 @@ class BenchState:
 
     def mix(self, models):
         started = time.perf_counter()
-        mixed = _weighted_mean()(models)
+        mixed = _node_mix()(models)
         self.timings["mix"].append(time.perf_counter() - started)
         return mixed
 
@@ -270,23 +270,11 @@ class BenchState:
         return {f"{name}_ms": mean_ms(values) for name, values in self.timings.items()}
 
 
-def _weighted_mean() -> Callable:
-    """fedswarm's own mix if this checkout has it, else an equivalent float64 weighted mean."""
-    try:
-        from training.aggregate import weighted_mean
+def _node_mix() -> Callable:
+    """The mix a fedswarm node uses for an exchange (node/daemon.py passes it to GossipExchange)."""
+    from training.aggregate import pairwise_mean
 
-        return weighted_mean
-    except ImportError:
-
-        def weighted_mean(models):
-            total = sum(w for _, w in models)
-            first = models[0][0]
-            return {
-                k: (sum(w * np.asarray(m[k], np.float64) for m, w in models) / total).astype(first[k].dtype)
-                for k in first
-            }
-
-        return weighted_mean
+    return pairwise_mean
 
 
 async def _start_host(key_dir: str, name: str):
@@ -389,7 +377,7 @@ def measure_gossip(floats: int, repeats: int) -> dict[str, Any]:
             "max_abs_error": {side: c["max_abs_error"] for side, c in checked.items()},
             "local_compute_caller": stats_a,
             "local_compute_callee": stats_b,
-            "mix": f"{_weighted_mean().__module__}.weighted_mean",
+            "mix": "training.aggregate.pairwise_mean",
         },
     }
 

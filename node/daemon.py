@@ -119,7 +119,6 @@ class Node:
             raise StartupError(exitcodes.NETWORK, f"{e} (check 'listen' and 'announce')") from e
 
         self.addrs = await self.host.visible_addrs()
-        self.metrics.set_peer_id(self.host.peer_id, cfg.swarm)
         self.membership = Membership(
             self.host,
             swarm=cfg.swarm,
@@ -164,10 +163,10 @@ class Node:
         except (CheckpointError, ValueError) as e:
             raise StartupError(exitcodes.CHECKPOINT, f"cannot resume: {e}") from e
         self.membership.info = self.learner.membership_info
-        from training.aggregate import weighted_mean
+        from training.aggregate import pairwise_mean
 
         exchange = GossipExchange(
-            self.host, self.learner.state, mix=weighted_mean, timeout_s=self.config.training.exchange_timeout_s
+            self.host, self.learner.state, mix=pairwise_mean, timeout_s=self.config.training.exchange_timeout_s
         )
         await exchange.start()
         self.learner.exchange = exchange

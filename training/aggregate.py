@@ -52,3 +52,29 @@ def _check_same(first: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray]
         if a.shape != b.shape or a.dtype != b.dtype:
             got, want = f"{b.dtype.name}{list(b.shape)}", f"{a.dtype.name}{list(a.shape)}"
             raise ValueError(f"tensor {name!r}: model {k} has {got}, model 0 has {want}")
+
+
+def pairwise_mean(models: Sequence[tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
+    """The gossip mix of exactly two models: (w_a a + w_b b) / (w_a + w_b), in each tensor's own dtype.
+
+    Faster than `weighted_mean` for big float32 models (two float32 passes instead of float64 copies:
+    ~3x less memory traffic), and symmetric: each product is rounded on its own and addition commutes,
+    so both peers of an exchange compute bit-identical results whichever side calls.
+    """
+    if len(models) != 2:
+        raise ValueError(f"pairwise_mean needs exactly two models, got {len(models)}")
+    (a, wa), (b, wb) = models
+    if not all(math.isfinite(w) and w > 0 for w in (wa, wb)):
+        raise ValueError(f"weights must be finite and > 0, got {wa}, {wb}")
+    _check_same(a, b, 1)
+    total = wa + wb
+    result: dict[str, np.ndarray] = {}
+    for name, x in a.items():
+        x, y = np.asarray(x), np.asarray(b[name])
+        if not np.issubdtype(x.dtype, np.floating):
+            result.update(weighted_mean([({name: x}, wa), ({name: y}, wb)]))
+            continue
+        out = np.multiply(x, x.dtype.type(wa / total))
+        out += np.multiply(y, x.dtype.type(wb / total))
+        result[name] = out
+    return result

@@ -52,3 +52,20 @@ def test_float32_sums_are_accumulated_in_float64() -> None:
 def test_weighted_mean_rejects_bad_input(models: list, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         weighted_mean(models)
+
+
+def test_pairwise_mean_matches_the_analytic_mean_and_is_symmetric() -> None:
+    from training.aggregate import pairwise_mean
+
+    rng = np.random.default_rng(3)
+    a = {"w": rng.normal(size=(50, 7)).astype(np.float32), "b": rng.normal(size=7).astype(np.float32)}
+    b = {"w": rng.normal(size=(50, 7)).astype(np.float32), "b": rng.normal(size=7).astype(np.float32)}
+    mixed = pairwise_mean([(a, 1.5), (b, 4.0)])
+    for name in a:
+        exact = (1.5 * a[name].astype(np.float64) + 4.0 * b[name].astype(np.float64)) / 5.5
+        assert mixed[name].dtype == np.float32
+        assert np.allclose(mixed[name], exact, rtol=1e-6, atol=1e-7)
+        # both peers of an exchange call it with the models the other way round: same bits
+        assert np.array_equal(mixed[name], pairwise_mean([(b, 4.0), (a, 1.5)])[name])
+    with pytest.raises(ValueError):
+        pairwise_mean([(a, 1.0)])
