@@ -29,5 +29,9 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Starts libp2p daemons: run it where no traffic can leave (CI's namespace, or ../shared/tools/inns).
+bench: install
+	$(PY) bench/exchange.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -94,12 +94,13 @@ class TrainingConfig:
     init_seed: int = 0  # initial parameters (same on every node unless told otherwise)
     train: bool = True  # False: gossip only (consensus experiments)
     rounds: int = 0  # 0 = until stopped
-    local_steps: int = 5
+    local_steps: int = 2  # frequent averaging: on non-IID data, drift grows with local steps
     batch_size: int = 32
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
     weight: float = 1.0  # initial gossip weight
+    final_exchanges: int = 3  # gossip-only exchanges after the last round, so no node ends on a local drift
     checkpoint_every: int = 10  # rounds
     exchange_timeout_s: float = 30.0
     min_peers: int = 0  # wait for this many live peers before the first round (testnets start together)
@@ -585,6 +586,7 @@ _TRAINING_SETTINGS: tuple[tuple[str, Kind, str, Callable[[Any], Any] | None, tup
     ("lr", FLOAT, "Learning rate.", _positive_number, ()),
     ("momentum", FLOAT, "SGD momentum (0 = none).", _finite_ge0, ()),
     ("weight", FLOAT, "Initial gossip weight of this node.", _positive_number, ()),
+    ("final_exchanges", INT, "Gossip-only exchanges after the last round.", _non_negative_int, ()),
     ("checkpoint_every", INT, "Write a checkpoint every this many rounds (and at shutdown).", _positive_int, ()),
     ("exchange_timeout_s", FLOAT, "Deadline of one exchange with a peer (seconds).", _positive, ()),
     ("min_peers", INT, "Wait for this many live peers before the first round.", _non_negative_int, ()),

@@ -25,6 +25,7 @@ from p2p.exchange import GossipExchange, Outcome, Snapshot
 from p2p.membership import Membership, Peer
 from p2p.wire import specs_of
 from training.checkpoint import load_checkpoint, save_checkpoint
+from training.schedule import cosine_lr
 from training.tasks import Task, TaskSpec, load_task
 from training.trainer import LocalTrainer, TrainerConfig, fingerprint
 
@@ -33,6 +34,7 @@ log = logging.getLogger("fedswarm.learner")
 PEERS_TRIED_PER_ROUND = 3
 IDLE_WAIT_S = 0.5  # with nobody to average with and nothing to train, do not spin
 DONE_REFRESH_S = 1.0  # how often a finished node re-scores a model that peers keep averaging into
+SETTLE_MAX_S = 30.0  # the final gossip-only exchanges give up after this long
 RETRY_MAX_S = 30.0  # longest pause before retrying a peer whose exchanges failed
 
 
@@ -198,6 +200,8 @@ class Learner:
         await self.wait_for_peers(stop)
         while not stop.is_set() and (self.cfg.rounds == 0 or self.state.round < self.cfg.rounds):
             if self.cfg.train and self.cfg.local_steps > 0:
+                if self.cfg.rounds:
+                    self.trainer.set_lr(cosine_lr(self.state.round, self.cfg.rounds, self.cfg.lr))
                 self.progress.train_loss = await asyncio.to_thread(self.trainer.train_steps)
             exchanged = await self._exchange_once()
             if not exchanged and not self.cfg.train:
@@ -209,6 +213,7 @@ class Learner:
                 await self.save()
         if stop.is_set():
             return
+        await self._settle(stop)
         self.progress.done = True
         await self.save()
         log.info(
@@ -222,6 +227,20 @@ class Learner:
             if self.state.version != seen:
                 seen = self.state.version
                 await self._evaluate()
+
+    async def _settle(self, stop: asyncio.Event) -> None:
+        """After the last round, average a few more times without training: each round ends on a local
+        step on skewed data, and a node should not finish on that drift but on the swarm's mix."""
+        done, deadline = 0, time.monotonic() + SETTLE_MAX_S
+        while done < self.cfg.final_exchanges and time.monotonic() < deadline and not stop.is_set():
+            if await self._exchange_once():
+                done += 1
+            elif not self._partners():
+                break  # alone: nothing to settle with
+            else:
+                await wait_stopped(stop, IDLE_WAIT_S)
+        if done:
+            await self._evaluate()
 
     def _partners(self) -> list[Peer]:
         return [

@@ -93,6 +93,11 @@ class LocalTrainer:
         return total / n
 
     @torch.no_grad()
+    def set_lr(self, lr: float) -> None:
+        """Change the learning rate from the next step on (schedules live in training/schedule.py)."""
+        for group in self._optimizer.param_groups:
+            group["lr"] = lr
+
     def evaluate(self, split: str = "val") -> dict[str, float]:
         """Mean cross-entropy loss (nats) and accuracy (0..1) on "train", "val" or "test".
 

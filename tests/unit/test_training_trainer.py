@@ -1,5 +1,6 @@
 """The local trainer (training/trainer.py): real learning, exact parameter I/O, determinism, locking."""
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -185,3 +186,14 @@ def test_mixing_lands_between_steps_while_training(digits: Task) -> None:
 def test_trainer_config_rejects_bad_values(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrainerConfig(**kwargs)
+
+
+def test_cosine_lr_decays_from_base_to_the_final_ratio() -> None:
+    from training.schedule import cosine_lr
+
+    assert cosine_lr(0, 100, 0.05) == pytest.approx(0.05)
+    assert cosine_lr(50, 100, 0.05) == pytest.approx(0.05 * 0.55)
+    assert cosine_lr(100, 100, 0.05) == pytest.approx(0.005)
+    assert cosine_lr(500, 100, 0.05) == pytest.approx(0.005)
+    lrs = [cosine_lr(s, 100, 0.05) for s in range(101)]
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
