@@ -164,10 +164,10 @@ def peers(control: str | None, data_dir: Path | None, as_json: bool) -> None:
 @main.command()
 @click.option("--nodes", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--task", default="digits", show_default=True, help="digits, breast_cancer, synthetic or module:function")
-@click.option("--rounds", type=click.IntRange(0), default=250, show_default=True, help="0 = until Ctrl-C")
+@click.option("--rounds", type=click.IntRange(0), default=400, show_default=True, help="0 = until Ctrl-C")
 @click.option("--alpha", type=float, default=0.0, show_default=True, help="Dirichlet label skew; 0 = IID")
 @click.option("--local-steps", type=click.IntRange(0), default=2, show_default=True)
-@click.option("--lr", type=float, default=0.05, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Keep data dirs and result.json here.")
 @click.option("--swarm", default="testnet", show_default=True)
@@ -186,4 +186,4 @@ def demo() -> None:
     """The built-in demo: 4 nodes train on non-IID digits, beside local-only and centralized baselines."""
     from node.testnet import TestnetOptions, run_testnet
 
-    sys.exit(run_testnet(TestnetOptions(nodes=4, task="digits", rounds=250, alpha=0.3, baseline=True)))
+    sys.exit(run_testnet(TestnetOptions(nodes=4, task="digits", rounds=400, alpha=0.3, baseline=True)))

@@ -32,10 +32,10 @@ POLL_S = 0.5
 class TestnetOptions:
     nodes: int = 4
     task: str = "digits"
-    rounds: int = 250
+    rounds: int = 400
     alpha: float = 0.0
     local_steps: int = 2  # frequent averaging: on non-IID data, drift grows with local steps
-    lr: float = 0.05
+    lr: float = 0.1
     seed: int = 0
     out: Path | None = None
     swarm: str = "testnet"

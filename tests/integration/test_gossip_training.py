@@ -77,7 +77,7 @@ def test_six_nodes_gossip_to_the_weighted_mean_of_their_starting_models(start_no
 @pytest.mark.timeout(300)
 def test_digits_swarm_beats_local_only_training(tmp_path):
     cmd = [sys.executable, "-m", "node", "testnet", "--nodes", "4", "--task", "digits", "--alpha", "0.3"]
-    cmd += ["--rounds", "250", "--local-steps", "2", "--baseline", "--json", "--out", str(tmp_path)]
+    cmd += ["--rounds", "400", "--local-steps", "2", "--lr", "0.1", "--baseline", "--json", "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
