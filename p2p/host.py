@@ -208,6 +208,9 @@ class Host:
 
         await self._p2p.add_binary_stream_handler(protocol, on_stream)
 
+    async def stop_serving(self, protocol: str) -> None:
+        await self._p2p.remove_binary_stream_handler(protocol)
+
     async def open_stream(
         self, peer_id: str, protocol: str, addrs: Sequence[str] = ()
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
