@@ -166,7 +166,11 @@ class Node:
         from training.aggregate import pairwise_mean
 
         exchange = GossipExchange(
-            self.host, self.learner.state, mix=pairwise_mean, timeout_s=self.config.training.exchange_timeout_s
+            self.host,
+            self.learner.state,
+            mix=pairwise_mean,
+            timeout_s=self.config.training.exchange_timeout_s,
+            on_record=self.learner.record_exchange,
         )
         await exchange.start()
         self.learner.exchange = exchange

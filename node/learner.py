@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from node.config import NodeConfig, TrainingConfig
+from node.metrics_log import METRICS_FILE, MetricsLog
 from p2p.aio import wait_stopped
-from p2p.exchange import GossipExchange, Outcome, Snapshot
+from p2p.exchange import ExchangeRecord, GossipExchange, Outcome, Snapshot
 from p2p.membership import Membership, Peer
 from p2p.wire import specs_of
 from training.checkpoint import load_checkpoint, save_checkpoint
@@ -112,6 +113,7 @@ class Learner:
         self.exchange: GossipExchange | None = None
         self.checkpoint_dir = config.data_dir / "checkpoint"
         self._retry_at: dict[str, tuple[float, float]] = {}  # peer -> (monotonic time, current delay)
+        self.history = MetricsLog(config.data_dir / METRICS_FILE)
 
     # --- what the node shows ----------------------------------------------------------------------
 
@@ -194,9 +196,45 @@ class Learner:
                 async with asyncio.timeout(1.0):
                     await self.membership.peers_changed.wait()
 
+    def record_exchange(self, record: ExchangeRecord) -> None:
+        """Exchange hook: every finished exchange, either role, goes to the history."""
+        self.history.append(
+            "exchange",
+            round=self.state.round,
+            peer=record.peer_id,
+            role=record.role,
+            outcome=record.outcome.value,
+            bytes=record.bytes_sent,
+            duration_s=round(record.duration_s, 4),
+            reason=record.reason[:200],
+        )
+
+    def _record_round(self) -> None:
+        val, test = self.progress.val, self.progress.test
+        self.history.append(
+            "round",
+            round=self.state.round,
+            train_loss=self.progress.train_loss,
+            val_loss=val.get("loss"),
+            val_accuracy=val.get("accuracy"),
+            test_loss=test.get("loss"),
+            test_accuracy=test.get("accuracy"),
+            weight=self.state.weight,
+            peers=len(self.membership.peers()),
+        )
+
     async def run(self, stop: asyncio.Event) -> None:
         await self._evaluate()
         self.progress.start_test = dict(self.progress.test)
+        self.history.append(
+            "start",
+            peer_id=self.peer_id,
+            swarm=self.config.swarm,
+            task=self.cfg.task,
+            started_from=self.progress.started_from,
+            round=self.state.round,
+        )
+        self._record_round()
         await self.wait_for_peers(stop)
         while not stop.is_set() and (self.cfg.rounds == 0 or self.state.round < self.cfg.rounds):
             if self.cfg.train and self.cfg.local_steps > 0:
@@ -209,6 +247,7 @@ class Learner:
                 continue  # gossip-only: a round is an exchange
             self.state.round += 1
             await self._evaluate()
+            self._record_round()
             if self.state.round % self.cfg.checkpoint_every == 0:
                 await self.save()
         if stop.is_set():
@@ -241,6 +280,7 @@ class Learner:
                 await wait_stopped(stop, IDLE_WAIT_S)
         if done:
             await self._evaluate()
+            self._record_round()
 
     def _partners(self) -> list[Peer]:
         return [
