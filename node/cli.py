@@ -85,6 +85,9 @@ def training_options(f):
 @click.option("--listen", multiple=True, metavar="MULTIADDR", help="Address to listen on (repeatable).")
 @click.option("--announce", multiple=True, metavar="MULTIADDR", help="Address to tell peers (repeatable).")
 @click.option("--join", multiple=True, metavar="MULTIADDR", help="A peer's full address, /p2p/ID included.")
+@click.option(
+    "--join-file", metavar="FILE", help="Join the peers listed in FILE (another node's addrs.txt); waits for it."
+)
 @click.option("--control", metavar="HOST:PORT", help="Control API address (loopback only; port 0 = any).")
 @click.option("--record-ttl-s", type=float, help="Lifetime of the membership record, seconds.")
 @click.option("--log-level", help="debug, info, warning or error.")
@@ -179,6 +182,27 @@ def testnet(**options: object) -> None:
     from node.testnet import TestnetOptions, run_testnet
 
     sys.exit(run_testnet(TestnetOptions(**options)))
+
+
+@main.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="DIR...")
+@click.option(
+    "--out",
+    "prefix",
+    type=click.Path(path_type=Path),
+    metavar="PATH_PREFIX",
+    help="Write PATH_PREFIX.png and PATH_PREFIX.html (default: the first DIR/report).",
+)
+def report(dirs: tuple[Path, ...], prefix: Path | None) -> None:
+    """Draw accuracy, loss and who-averaged-with-whom from node data dirs or a testnet --out dir."""
+    from node.report import ReportError, build_report
+
+    try:
+        paths = build_report(list(dirs), prefix)
+    except ReportError as e:
+        _fail(ReportError.exit_code, str(e))
+    click.echo(paths.png)
+    click.echo(paths.html)
 
 
 @main.command()

@@ -53,6 +53,7 @@ class P2PConfig:
     listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
     announce: tuple[str, ...] = ()
     join: tuple[str, ...] = ()
+    join_file: str = ""  # a file of peer multiaddrs (another node's addrs.txt), waited for at start
     nat_port_map: bool = False
     auto_nat: bool = False
     relay: bool = False
@@ -88,7 +89,8 @@ class TrainingConfig:
     task: str = "digits"  # digits | breast_cancer | synthetic | package.module:function
     data: str = ""  # a CSV file of the user's own tabular data ("" = the task's data)
     label_column: str = "label"
-    partition: str = "0/1"  # "i/n": this node holds part i of n (testnets)
+    partition: str = "0/1"  # "i/n": this node holds part i of n (testnets); "auto/n": claim one in claim_dir
+    claim_dir: str = ""  # a directory shared by replicas that use partition "auto/n"
     alpha: float = 0.0  # Dirichlet label skew of the partition; 0 = IID
     seed: int = 0  # data split and partition
     init_seed: int = 0  # initial parameters (same on every node unless told otherwise)
@@ -108,9 +110,10 @@ class TrainingConfig:
     torch_threads: int = 1
 
     @property
-    def partition_pair(self) -> tuple[int, int]:
+    def partition_pair(self) -> tuple[int | None, int]:
+        """(index, count); index None for "auto/n" (the node claims a free part at start)."""
         index, count = self.partition.split("/")
-        return int(index), int(count)
+        return (None if index == "auto" else int(index)), int(count)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,9 +290,13 @@ def _positive(seconds: float) -> float:
 
 
 def _check_partition(text: str) -> str:
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
-        raise ValueError(f"{text!r} is not i/n with 0 <= i < n, e.g. 0/4 for the first of four parts")
+    m = re.fullmatch(r"\s*(\d+|auto)\s*/\s*(\d+)\s*", text)
+    if m and m.group(1) == "auto" and int(m.group(2)) >= 1:
+        return f"auto/{int(m.group(2))}"
+    if not m or m.group(1) == "auto" or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise ValueError(
+            f"{text!r} is not i/n with 0 <= i < n (0/4: the first of four parts) or auto/n (claim a free part)"
+        )
     return f"{int(m.group(1))}/{int(m.group(2))}"
 
 
@@ -401,6 +408,11 @@ def _check_announce(addr: str) -> None:
         raise ValueError(f"{addr!r}: an announce address needs the real, non-zero port peers should dial")
     if parsed.host in ("0.0.0.0", "::"):
         raise ValueError(f"{addr!r}: an announce address needs the public address peers should dial")
+
+
+def check_join_address(addr: str) -> None:
+    """Raises ValueError unless `addr` is a full peer multiaddr (also used for --join-file contents)."""
+    _check_join(addr)
 
 
 def _check_join(addr: str) -> None:
@@ -534,6 +546,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("relay", BOOL, ("p2p", "relay"), "Allow connections through circuit relays."),
     Setting("use_ipfs", BOOL, ("p2p", "use_ipfs"), "Also use the public IPFS bootstrap network."),
     Setting(
+        "join_file",
+        STR,
+        ("p2p", "join_file"),
+        "A file listing peer multiaddrs (another node's addrs.txt) to join; waited for at start.",
+    ),
+    Setting(
         "join_retry_max_s",
         FLOAT,
         ("p2p", "join_retry_max_s"),
@@ -573,6 +591,7 @@ SETTINGS: tuple[Setting, ...] = (
 _TRAINING_SETTINGS: tuple[tuple[str, Kind, str, Callable[[Any], Any] | None, tuple[str, ...]], ...] = (
     ("task", STR, "Task: digits, breast_cancer, synthetic, or package.module:function.", None, ()),
     ("data", STR, "CSV file with your own tabular data (needs label_column).", None, ()),
+    ("claim_dir", STR, "Directory shared by replicas whose partition is auto/n.", None, ()),
     ("label_column", STR, "Name of the label column in the CSV file.", None, ()),
     ("partition", STR, "i/n: train on part i of n of the task's data (testnets).", _check_partition, ()),
     ("alpha", FLOAT, "Dirichlet label skew of the partition (0 = IID; 0.3 = strongly non-IID).", _finite_ge0, ()),

@@ -17,9 +17,10 @@ from pathlib import Path
 import uvloop
 
 from node import __version__, exitcodes
-from node.config import NodeConfig
+from node.config import NodeConfig, check_join_address
 from node.control import ControlServer, ControlStartError
 from node.metrics import NodeMetrics
+from p2p.aio import wait_stopped
 from p2p.errors import HostStartError, IdentityError
 from p2p.exchange import GossipExchange
 from p2p.host import Host, HostOptions
@@ -43,6 +44,41 @@ def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+JOIN_FILE_POLL_S = 0.5
+JOIN_FILE_LOG_EVERY_S = 10.0
+
+
+async def read_join_file(path: Path, stop: asyncio.Event) -> list[str]:
+    """Wait for another node's addrs.txt (containers start in any order) and return its addresses.
+
+    Lines that are not full peer multiaddrs are skipped with a warning; the node never exits over it.
+    """
+    waited, next_log = 0.0, 0.0
+    while not stop.is_set():
+        try:
+            text = await asyncio.to_thread(path.read_text)
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+        except FileNotFoundError:
+            lines = []
+        if lines:
+            addrs = []
+            for line in lines:
+                try:
+                    check_join_address(line)
+                    addrs.append(line)
+                except ValueError as e:
+                    log.warning("ignoring a line of join file %s: %s", path, e)
+            log.info("join file %s lists %d address(es)", path, len(addrs))
+            return addrs
+        if waited >= next_log:
+            log.info("waiting for join file %s (%.0f s so far)", path, waited)
+            next_log += JOIN_FILE_LOG_EVERY_S
+        if await wait_stopped(stop, JOIN_FILE_POLL_S):
+            break
+        waited += JOIN_FILE_POLL_S
+    return []
 
 
 class Node:
@@ -180,6 +216,13 @@ class Node:
             await self.learner.start_from_peer(stop)
         await self.learner.run(stop)
 
+    async def _join(self, stop: asyncio.Event) -> None:
+        addrs = list(self.config.p2p.join)
+        if self.config.p2p.join_file:
+            addrs += await read_join_file(Path(self.config.p2p.join_file), stop)
+        if addrs:
+            await self.host.join_until_connected(addrs, retry_max_s=self.config.p2p.join_retry_max_s, stop=stop)
+
     async def run(self, stop: asyncio.Event) -> None:
         assert self.host and self.membership, "start() first"
         self._published = True  # from here on, shutdown owes the swarm a tombstone
@@ -187,12 +230,8 @@ class Node:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.membership.run(stop))
             tg.create_task(self._learn(stop))
-            if self.config.p2p.join:
-                tg.create_task(
-                    self.host.join_until_connected(
-                        self.config.p2p.join, retry_max_s=self.config.p2p.join_retry_max_s, stop=stop
-                    )
-                )
+            if self.config.p2p.join or self.config.p2p.join_file:
+                tg.create_task(self._join(stop))
 
     async def shutdown(self) -> None:
         """Save the model, withdraw from the swarm, stop serving, stop libp2p. Bounded in time."""

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from node.claims import NoFreePart, claim_partition
 from node.config import NodeConfig, TrainingConfig
 from node.metrics_log import METRICS_FILE, MetricsLog
 from p2p.aio import wait_stopped
@@ -26,6 +27,7 @@ from p2p.exchange import ExchangeRecord, GossipExchange, Outcome, Snapshot
 from p2p.membership import Membership, Peer
 from p2p.wire import specs_of
 from training.checkpoint import load_checkpoint, save_checkpoint
+from training.errors import TaskError
 from training.schedule import cosine_lr
 from training.tasks import Task, TaskSpec, load_task
 from training.trainer import LocalTrainer, TrainerConfig, fingerprint
@@ -39,15 +41,31 @@ SETTLE_MAX_S = 30.0  # the final gossip-only exchanges give up after this long
 RETRY_MAX_S = 30.0  # longest pause before retrying a peer whose exchanges failed
 
 
-def task_spec(cfg: TrainingConfig) -> TaskSpec:
+def task_spec(cfg: TrainingConfig, partition: tuple[int, int] | None = None) -> TaskSpec:
+    """`partition` overrides cfg.partition (needed when that is "auto/n": see resolve_partition)."""
     return TaskSpec(
         name=cfg.task,
         csv=Path(cfg.data) if cfg.data else None,
         label_column=cfg.label_column,
-        partition=cfg.partition_pair,
+        partition=partition or cfg.partition_pair,
         alpha=cfg.alpha or None,
         seed=cfg.seed,
     )
+
+
+def resolve_partition(cfg: TrainingConfig, peer_id: str) -> tuple[int, int]:
+    """i/n as configured, or for "auto/n" the part this node claims in the shared claim_dir."""
+    index, count = cfg.partition_pair
+    if index is not None:
+        return index, count
+    if not cfg.claim_dir:
+        raise TaskError("partition auto/n needs claim_dir: a directory shared by the replicas")
+    try:
+        index = claim_partition(Path(cfg.claim_dir), count, peer_id)
+    except (NoFreePart, OSError) as e:
+        raise TaskError(str(e)) from e
+    log.info("claimed part %d of %d in %s", index, count, cfg.claim_dir)
+    return index, count
 
 
 def trainer_config(cfg: TrainingConfig) -> TrainerConfig:
@@ -106,7 +124,7 @@ class Learner:
         self.membership = membership
         self.peer_id = host_peer_id
         torch.set_num_threads(self.cfg.torch_threads)
-        self.task = load_task(task_spec(self.cfg))
+        self.task = load_task(task_spec(self.cfg, resolve_partition(self.cfg, host_peer_id)))
         self.trainer = build_trainer(self.cfg, self.task)
         self.state = ModelStateAdapter(self.trainer, self.cfg.weight, 0)
         self.progress = Progress()
@@ -160,7 +178,7 @@ class Learner:
 
     async def start_from_peer(self, stop: asyncio.Event) -> None:
         """A newcomer to a swarm that is already training copies a live peer's model first."""
-        if not self.config.p2p.join or self.cfg.pull_wait_s <= 0:
+        if not (self.config.p2p.join or self.config.p2p.join_file) or self.cfg.pull_wait_s <= 0:
             return
         deadline = time.monotonic() + self.cfg.pull_wait_s
         while time.monotonic() < deadline and not stop.is_set():

@@ -42,17 +42,29 @@ def pid_alive(pid: int) -> bool:
 class NodeProcess:
     """One node daemon in its own process group (so a SIGKILL can take p2pd down with it, like a crash)."""
 
-    def __init__(self, data_dir: Path, *args: str, swarm: str = "itest", record_ttl_s: float = 4.0):
+    def __init__(
+        self,
+        data_dir: Path,
+        *args: str,
+        swarm: str = "itest",
+        record_ttl_s: float = 4.0,
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        """`command` + `env` run a node exactly as given (e.g. a compose service); otherwise the
+        test defaults (loopback, free ports, short record lifetime) plus `args`."""
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("addrs.txt", "control.txt"):
             (data_dir / stale).unlink(missing_ok=True)
         self.log_path = data_dir / "node.log"
-        cmd = [sys.executable, "-m", "node", "run", "--data-dir", str(data_dir), "--swarm", swarm]
-        cmd += ["--control", "127.0.0.1:0", "--record-ttl-s", str(record_ttl_s), *args]
-        if not any(a == "--listen" for a in args):
-            cmd += ["--listen", "/ip4/127.0.0.1/tcp/0"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FEDSWARM_")}
+        if command is None:
+            command = ["run", "--data-dir", str(data_dir), "--swarm", swarm]
+            command += ["--control", "127.0.0.1:0", "--record-ttl-s", str(record_ttl_s), *args]
+            if not any(a == "--listen" for a in args):
+                command += ["--listen", "/ip4/127.0.0.1/tcp/0"]
+        cmd = [sys.executable, "-m", "node", *command]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FEDSWARM_")} | (env or {})
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 cmd,
