@@ -20,6 +20,7 @@ from node import __version__, exitcodes
 from node.config import NodeConfig, check_join_address
 from node.control import ControlServer, ControlStartError
 from node.metrics import NodeMetrics
+from node.metrics_log import METRICS_FILE, read_metrics
 from p2p.aio import wait_stopped
 from p2p.errors import HostStartError, IdentityError
 from p2p.exchange import GossipExchange
@@ -170,6 +171,7 @@ class Node:
             status=self.status,
             peers=self.peers,
             registry=self.metrics.registry,
+            history=lambda: read_metrics(cfg.data_dir / METRICS_FILE)[-2000:],
         )
         try:
             port = await self.control.start()

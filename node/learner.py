@@ -284,6 +284,7 @@ class Learner:
             if self.state.version != seen:
                 seen = self.state.version
                 await self._evaluate()
+                self._record_round()  # the history's last word is the model we hold, not the last round
 
     async def _settle(self, stop: asyncio.Event) -> None:
         """After the last round, average a few more times without training: each round ends on a local

@@ -172,6 +172,8 @@ def run_testnet(options: TestnetOptions) -> int:
         result["wall_s"] = round(wall_s, 2)
         (root / "result.json").write_text(json.dumps(result, indent=2))
         click.echo(json.dumps(result) if options.as_json else _table(result))
+        if options.out is not None:
+            _write_report(root, say)
         return exitcodes.OK
     except KeyboardInterrupt:
         return exitcodes.OK
@@ -182,6 +184,18 @@ def run_testnet(options: TestnetOptions) -> int:
         net.stop()
         if options.out is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _write_report(root: Path, say) -> None:
+    """The report of a kept testnet dir; a report that cannot be drawn does not fail the run."""
+    from node.report import ReportError, build_report
+
+    try:
+        paths = build_report([root])
+    except ReportError as e:
+        say(f"no report: {e}")
+        return
+    say(f"report: {paths.html}  (image {paths.png})")
 
 
 def _table(result: dict) -> str:

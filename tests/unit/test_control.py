@@ -7,10 +7,13 @@ client runs in a worker thread (asyncio.to_thread) so the server keeps serving m
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import http.client
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -51,8 +54,11 @@ async def serving(
     peers: Callable[[], list[dict]] = lambda: PEERS,
     registry: prometheus_client.CollectorRegistry | None = None,
     port: int = 0,
+    history: Callable[[], list[dict]] | None = None,
 ) -> AsyncIterator[tuple[ControlServer, int]]:
-    server = ControlServer(host="127.0.0.1", port=port, status=status, peers=peers, registry=registry or _registry())
+    server = ControlServer(
+        host="127.0.0.1", port=port, status=status, peers=peers, registry=registry or _registry(), history=history
+    )
     bound = await server.start()
     try:
         yield server, bound
@@ -137,9 +143,84 @@ def test_unknown_path_is_404_json_listing_endpoints() -> None:
             code, headers, body = await raw(port, "/nope?x=1")
             assert code == 404
             assert headers["Content-Type"].startswith("application/json")
-            assert json.loads(body) == {"error": "not found", "endpoints": ["/status", "/peers", "/metrics"]}
+            assert json.loads(body) == {
+                "error": "not found",
+                "endpoints": ["/", "/status", "/peers", "/history", "/metrics"],
+            }
             with pytest.raises(ControlUnavailable, match=r"answered /nope with HTTP 404: not found"):
                 await fetch(port, "/nope")
+
+    asyncio.run(scenario())
+
+
+def test_history_serves_the_source_with_non_finite_numbers_as_null() -> None:
+    events = [
+        {"t": 1.0, "event": "start", "peer_id": PEER_A},
+        {"t": 2.0, "event": "round", "round": 1, "test_loss": float("nan"), "train_loss": float("inf")},
+    ]
+
+    async def scenario() -> None:
+        async with serving(history=lambda: events) as (_, port):
+            code, headers, body = await raw(port, "/history")
+            assert code == 200 and headers["Content-Type"].startswith("application/json")
+            assert b"NaN" not in body and b"Infinity" not in body  # a browser refuses those
+            assert json.loads(body) == [events[0], {**events[1], "test_loss": None, "train_loss": None}]
+        async with serving() as (_, port):  # no source: an empty history, not an error
+            assert await fetch(port, "/history") == []
+
+    asyncio.run(scenario())
+
+
+def test_failing_history_is_500_and_server_keeps_serving() -> None:
+    def broken() -> list[dict]:
+        raise OSError("disk gone")
+
+    async def scenario() -> None:
+        async with serving(history=broken) as (_, port):
+            code, _, body = await raw(port, "/history")
+            assert code == 500
+            assert json.loads(body) == {"error": "history unavailable: OSError: disk gone"}
+            assert await fetch(port, "/status") == STATUS
+
+    asyncio.run(scenario())
+
+
+def _csp_sources(csp: str, directive: str) -> list[str]:
+    for part in csp.split(";"):
+        name, *sources = part.split()
+        if name == directive:
+            return sources
+    raise AssertionError(f"no {directive} in {csp!r}")
+
+
+def _sha256_source(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def test_live_page_is_self_contained_and_pinned_by_its_csp() -> None:
+    async def scenario() -> None:
+        async with serving() as (_, port):
+            code, headers, body = await raw(port, "/")
+            assert code == 200
+            assert headers["Content-Type"] == "text/html; charset=utf-8"
+            page = body.decode()
+            for element in ('id="acc-chart"', 'id="loss-chart"', 'id="exchange-chart"', 'id="peers-table"'):
+                assert element in page
+            # nothing loaded from elsewhere: the only URL is the SVG namespace name, which is never fetched
+            assert re.findall(r"(?:https?:)?//[\w.-]+", page) == ["http://www.w3.org"]
+            assert not re.search(r"<(?:link|iframe|img|object|embed)\b|\bsrc=", page)
+            csp = headers["Content-Security-Policy"]
+            assert _csp_sources(csp, "default-src") == ["'none'"]
+            assert _csp_sources(csp, "connect-src") == ["'self'"]
+            # the hashes allow exactly the inline blocks served (a stale hash would leave the page dead)
+            scripts = re.findall(r"<script>(.*?)</script>", page, re.S)
+            styles = re.findall(r"<style>(.*?)</style>", page, re.S)
+            assert len(scripts) == len(styles) == 1
+            assert _csp_sources(csp, "script-src") == [_sha256_source(scripts[0])]
+            assert _csp_sources(csp, "style-src") == [_sha256_source(styles[0])]
+            # the page's requests go to routes this server answers
+            for path in re.findall(r'"(/[a-z]+)"', scripts[0]):
+                assert (await raw(port, path))[0] == 200, path
 
     asyncio.run(scenario())
 
