@@ -60,7 +60,7 @@ class P2PConfig:
     use_ipfs: bool = False
     join_retry_max_s: float = 30.0  # cap of the exponential backoff when no bootstrap peer answers
     startup_timeout_s: float = 15.0
-    rpc_timeout_s: float = 5.0
+    rpc_timeout_s: float = 3.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,6 +8,7 @@ to exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -30,8 +31,9 @@ from p2p.membership import Membership
 
 log = logging.getLogger("fedswarm.node")
 
-SHUTDOWN_WITHDRAW_S = 1.5  # tombstone our membership record
-SHUTDOWN_HOST_S = 2.5  # stop the DHT and p2pd; together well inside the promised 5 s
+SHUTDOWN_LOOPS_S = 1.0  # let the loops notice `stop` before cancelling them
+SHUTDOWN_WITHDRAW_S = 1.0  # tombstone our membership record
+SHUTDOWN_HOST_S = 2.0  # stop the DHT and p2pd; together well inside the promised 5 s
 
 
 class StartupError(Exception):
@@ -208,10 +210,12 @@ class Node:
             self.learner.state,
             mix=pairwise_mean,
             timeout_s=self.config.training.exchange_timeout_s,
+            handshake_timeout_s=self.config.p2p.rpc_timeout_s,
             on_record=self.learner.record_exchange,
         )
-        await exchange.start()
         self.learner.exchange = exchange
+        await self.learner.measure_start()
+        await exchange.start()
 
     async def _learn(self, stop: asyncio.Event) -> None:
         if not self.resumed:
@@ -288,7 +292,17 @@ async def _serve(config: NodeConfig) -> int:
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
-        await run  # loops end at `stop`; a crash in them surfaces here
+        stopped.cancel()
+        # The loops end at `stop` between steps; one stuck in a long wait (an exchange with a slow
+        # peer, a pull) is cancelled so that shutdown stays within its promised 5 s.
+        await asyncio.wait({run}, timeout=SHUTDOWN_LOOPS_S)
+        if not run.done():
+            log.info("cancelling work in progress to shut down")
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+        else:
+            run.result()  # a crash in the loops surfaces here
         return exitcodes.OK
     except StartupError as e:
         log.error("%s", e)

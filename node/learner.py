@@ -8,7 +8,6 @@ parameters as numpy arrays without knowing torch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -36,6 +35,7 @@ log = logging.getLogger("fedswarm.learner")
 
 PEERS_TRIED_PER_ROUND = 3
 IDLE_WAIT_S = 0.5  # with nobody to average with and nothing to train, do not spin
+WAIT_POLL_S = 0.5  # membership polls while waiting for min_peers
 DONE_REFRESH_S = 1.0  # how often a finished node re-scores a model that peers keep averaging into
 SETTLE_MAX_S = 30.0  # the final gossip-only exchanges give up after this long
 RETRY_MAX_S = 30.0  # longest pause before retrying a peer whose exchanges failed
@@ -132,11 +132,17 @@ class Learner:
         self.checkpoint_dir = config.data_dir / "checkpoint"
         self._retry_at: dict[str, tuple[float, float]] = {}  # peer -> (monotonic time, current delay)
         self.history = MetricsLog(config.data_dir / METRICS_FILE)
+        self.ready = self.cfg.min_peers == 0  # see wait_for_peers
 
     # --- what the node shows ----------------------------------------------------------------------
 
     def membership_info(self) -> dict[str, Any]:
-        return {"round": self.state.round, "fingerprint": self.state.fingerprint, "done": self.progress.done}
+        return {
+            "round": self.state.round,
+            "fingerprint": self.state.fingerprint,
+            "done": self.progress.done,
+            "ready": self.ready,
+        }
 
     def status(self) -> dict[str, Any]:
         return {
@@ -189,6 +195,7 @@ class Learner:
                     await asyncio.to_thread(self.trainer.load_arrays, snap.arrays)
                     self.state.round = snap.round
                     self.progress.started_from = f"peer {peer.peer_id}"
+                    await self.measure_start()
                     log.info("starting from the model of %s at round %d", peer.peer_id, snap.round)
                     return
             if self.membership.peers():
@@ -201,18 +208,26 @@ class Learner:
     # --- the loop ---------------------------------------------------------------------------------
 
     async def wait_for_peers(self, stop: asyncio.Event) -> None:
-        """Hold the first round until `min_peers` peers are live, so a swarm starts training together."""
+        """Hold the first round until `min_peers` peers are live and ready too, so a swarm starts
+        training together (otherwise the first node runs through its rounds mixing with idle models).
+
+        A node is ready once it sees `min_peers` peers; it says so in its membership record at once.
+        """
         want = self.cfg.min_peers
-        logged = -1
-        while not stop.is_set() and len(self.membership.peers()) < want:
-            have = len(self.membership.peers())
-            if have != logged:
-                log.info("waiting for peers before training: %d of %d", have, want)
-                logged = have
-            self.membership.peers_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self.membership.peers_changed.wait()
+        logged = None
+        while not stop.is_set():
+            peers = self.membership.peers()
+            if not self.ready and len(peers) >= want:
+                self.ready = True
+                await self.membership.publish()  # now, not at the next refresh
+            ready = [p for p in peers if p.record.info.get("ready") or int(p.record.info.get("round", 0)) > 0]
+            if self.ready and len(ready) >= want:
+                return
+            if (len(peers), len(ready)) != logged:
+                log.info("waiting for peers before training: %d live, %d ready, want %d", len(peers), len(ready), want)
+                logged = (len(peers), len(ready))
+            await wait_stopped(stop, WAIT_POLL_S)
+            await self.membership.poll()
 
     def record_exchange(self, record: ExchangeRecord) -> None:
         """Exchange hook: every finished exchange, either role, goes to the history."""
@@ -241,9 +256,13 @@ class Learner:
             peers=len(self.membership.peers()),
         )
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def measure_start(self) -> None:
+        """Score the model we start from, before peers can average into it (see Node._start_learner)."""
         await self._evaluate()
         self.progress.start_test = dict(self.progress.test)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._evaluate()
         self.history.append(
             "start",
             peer_id=self.peer_id,
@@ -318,6 +337,8 @@ class Learner:
         random.shuffle(peers)
         peers.sort(key=lambda p: last_ok.get(p.peer_id, 0.0))  # stable: random among equals
         for peer in peers[:PEERS_TRIED_PER_ROUND]:
+            if peer.peer_id not in {p.peer_id for p in self.membership.peers()}:
+                continue  # it left (or we lost it) while we tried another
             outcome = await self.exchange.exchange(peer.peer_id, peer.record.addrs)
             if outcome is Outcome.OK:
                 self._retry_at.pop(peer.peer_id, None)

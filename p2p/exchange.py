@@ -113,12 +113,16 @@ class GossipExchange:
         *,
         mix: Mix,
         timeout_s: float,
+        handshake_timeout_s: float = 5.0,
         on_record: Callable[[ExchangeRecord], None] = lambda record: None,
     ):
         self._host = host
         self._state = state
         self._mix = mix
-        self._timeout_s = timeout_s
+        self._timeout_s = timeout_s  # the whole exchange, transfer included (big models need long)
+        # Reaching the peer and hearing accept/busy/reject: short, so that a silent peer (a cut link
+        # sends no reset) costs seconds, not the whole exchange deadline, while we hold our one lock.
+        self._handshake_s = min(handshake_timeout_s, timeout_s)
         self._on_record = on_record
         self._lock = asyncio.Lock()  # one exchange at a time, as caller or callee
         self.stats = ExchangeStats()
@@ -169,7 +173,8 @@ class GossipExchange:
             sent = sum(a.nbytes for a in before.arrays.values())
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    reader, writer = await self._host.open_stream(peer_id, GOSSIP_PROTOCOL, addrs)
+                    async with asyncio.timeout(self._handshake_s):
+                        reader, writer = await self._host.open_stream(peer_id, GOSSIP_PROTOCOL, addrs)
                     try:
                         outcome, reason = await self._call(reader, writer, before)
                     finally:
@@ -184,7 +189,8 @@ class GossipExchange:
         # The body goes out only after "accept": a busy or refusing peer never has megabytes in flight
         # that it would have to drain (or reset the stream over) before it can answer.
         await write_frame(writer, self._offer_header("offer", before))
-        reply = await read_header(reader)
+        async with asyncio.timeout(self._handshake_s):
+            reply = await read_header(reader)
         if reply["type"] == "busy":
             return Outcome.BUSY, ""
         if reply["type"] == "reject":
@@ -217,7 +223,8 @@ class GossipExchange:
         started, sent = time.monotonic(), 0
         try:
             async with asyncio.timeout(self._timeout_s):
-                request = await read_header(reader)
+                async with asyncio.timeout(self._handshake_s):
+                    request = await read_header(reader)
                 if request["type"] == "pull":
                     await self._serve_pull(request, writer)
                     return

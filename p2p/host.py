@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -173,7 +174,16 @@ class Host:
         """
         delay = 1.0
         announced_alone = False
+        next_check = time.monotonic() + retry_max_s
         while not stop.is_set():
+            if self.dht_neighbours() > 0 and time.monotonic() >= next_check:
+                # We are in a swarm, but a bootstrap peer that restarted knows nobody and nobody dials it:
+                # now and then, make sure each bootstrap peer is one of our neighbours.
+                next_check = time.monotonic() + retry_max_s
+                for addr in addrs:
+                    _, peer_id = split_peer_addr(addr)
+                    if peer_id != self.peer_id and not self.has_neighbour(peer_id):
+                        await self.add_neighbour(peer_id, [addr])
             if self.dht_neighbours() == 0:
                 answered = await self.join(addrs)
                 if answered:

@@ -251,7 +251,19 @@ class Membership:
 
     @staticmethod
     async def _every(period_s: float, job: Callable[[], Any], stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            started = time.monotonic()
-            await job()
-            await wait_stopped(stop, period_s - (time.monotonic() - started))
+        """Start `job` every `period_s` seconds, even while an earlier run still waits on a silent peer
+        (a DHT call to an unreachable node takes its whole RPC timeout): records must not lapse
+        because one peer went quiet. At most two runs at a time."""
+        running: set[asyncio.Task] = set()
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                if len(running) < 2:
+                    task = asyncio.create_task(job())
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                await wait_stopped(stop, period_s - (time.monotonic() - started))
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)

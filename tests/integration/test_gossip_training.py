@@ -139,7 +139,9 @@ def test_a_late_joiner_starts_from_a_peers_model(start_node):
     for node in (a, b):
         wait_until(lambda n=node: n.status()["round"] >= 20, timeout_s=90, what=f"{node.data_dir.name} to train")
     late = start_node("late", "--join", a.addrs[0], *FAST)
-    status = wait_until(lambda: (s := late.status()) and s.get("start_test") and s, timeout_s=60, what="the start")
+    status = wait_until(
+        lambda: (s := late.status())["started_from"].startswith("peer") and s, timeout_s=60, what="a copied start"
+    )
     assert status["started_from"] in {f"peer {a.peer_id}", f"peer {b.peer_id}"}
     assert status["round"] >= 20
     cfg = TrainingConfig()
