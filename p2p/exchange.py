@@ -122,6 +122,7 @@ class GossipExchange:
         self._timeout_s = timeout_s  # the whole exchange, transfer included (big models need long)
         # Reaching the peer and hearing accept/busy/reject: short, so that a silent peer (a cut link
         # sends no reset) costs seconds, not the whole exchange deadline, while we hold our one lock.
+        # The same bound applies to every later wait for the next bytes (idle time, not total time).
         self._handshake_s = min(handshake_timeout_s, timeout_s)
         self._on_record = on_record
         self._lock = asyncio.Lock()  # one exchange at a time, as caller or callee
@@ -190,7 +191,7 @@ class GossipExchange:
         # that it would have to drain (or reset the stream over) before it can answer.
         await write_frame(writer, self._offer_header("offer", before))
         async with asyncio.timeout(self._handshake_s):
-            reply = await read_header(reader)
+            reply = await read_header(reader, idle_timeout_s=self._handshake_s)
         if reply["type"] == "busy":
             return Outcome.BUSY, ""
         if reply["type"] == "reject":
@@ -198,14 +199,14 @@ class GossipExchange:
         if reply["type"] != "accept":
             raise ProtocolViolation(f"expected accept, got {reply['type']!r}")
         weight, _ = self._check_model_header(reply)
-        async with _sending(writer, before.arrays) as send:
+        async with _sending(writer, before.arrays, self._handshake_s) as send:
             try:
-                theirs = await read_tensors(reader, self._state.specs)
+                theirs = await read_tensors(reader, self._state.specs, self._handshake_s)
             except ProtocolViolation as e:
                 await _try_send(writer, encode_header("abort", reason=str(e)))
                 raise
             await send
-        verdict = await read_header(reader)
+        verdict = await read_header(reader, idle_timeout_s=self._handshake_s)
         if verdict["type"] != "ready":
             return Outcome.FAILED, f"peer refused our model: {verdict.get('reason')}"
         mixed = await asyncio.to_thread(self._mix, [(before.arrays, before.weight), (theirs, weight)])
@@ -214,7 +215,7 @@ class GossipExchange:
         # Wait for the callee to finish applying too, so that "ok" means both sides hold the mix (and the
         # callee is free again). Its absence changes nothing: we committed, and so will it.
         with contextlib.suppress(ProtocolViolation, ConnectionError):
-            await read_header(reader)
+            await read_header(reader, idle_timeout_s=self._handshake_s)
         return Outcome.OK, ""
 
     # --- callee side ------------------------------------------------------------------------------
@@ -224,7 +225,7 @@ class GossipExchange:
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with asyncio.timeout(self._handshake_s):
-                    request = await read_header(reader)
+                    request = await read_header(reader, idle_timeout_s=self._handshake_s)
                 if request["type"] == "pull":
                     await self._serve_pull(request, writer)
                     return
@@ -248,12 +249,14 @@ class GossipExchange:
         before = await asyncio.to_thread(self._state.snapshot)
         sent = sum(a.nbytes for a in before.arrays.values())
         await write_frame(writer, self._offer_header("accept", before))
-        async with _sending(writer, before.arrays) as send:
-            theirs = await read_tensors(reader, self._state.specs)  # a NaN here -> reject, nothing applied
+        async with _sending(writer, before.arrays, self._handshake_s) as send:
+            theirs = await read_tensors(
+                reader, self._state.specs, self._handshake_s
+            )  # a NaN here -> reject, nothing applied
             await send
         await write_frame(writer, encode_header("ready"))
         mixed = await asyncio.to_thread(self._mix, [(before.arrays, before.weight), (theirs, their_weight)])
-        final = await read_header(reader)
+        final = await read_header(reader, idle_timeout_s=self._handshake_s)
         if final["type"] != "commit":
             return Outcome.FAILED, sent, f"caller aborted: {final.get('reason')}"
         await asyncio.to_thread(self._state.apply, before, mixed, (before.weight + their_weight) / 2)
@@ -265,7 +268,7 @@ class GossipExchange:
             raise ProtocolViolation(f"pull for another model ({request.get('fingerprint')!r})")
         snap = await asyncio.to_thread(self._state.snapshot)
         await write_frame(writer, self._offer_header("model", snap))
-        await write_tensors(writer, snap.arrays)
+        await write_tensors(writer, snap.arrays, self._handshake_s)
 
     # --- late joiners -----------------------------------------------------------------------------
 
@@ -276,11 +279,11 @@ class GossipExchange:
                 reader, writer = await self._host.open_stream(peer_id, GOSSIP_PROTOCOL, addrs)
                 try:
                     await write_frame(writer, encode_header("pull", fingerprint=self._state.fingerprint))
-                    header = await read_header(reader)
+                    header = await read_header(reader, idle_timeout_s=self._handshake_s)
                     if header["type"] != "model":
                         raise ProtocolViolation(f"expected model, got {header['type']!r}: {header.get('reason')}")
                     weight, round_ = self._check_model_header(header)
-                    arrays = await read_tensors(reader, self._state.specs)
+                    arrays = await read_tensors(reader, self._state.specs, self._handshake_s)
                 finally:
                     writer.close()
         except ProtocolViolation as e:
@@ -294,12 +297,12 @@ class GossipExchange:
 
 
 @contextlib.asynccontextmanager
-async def _sending(writer: asyncio.StreamWriter, arrays: Mapping[str, np.ndarray]):
+async def _sending(writer: asyncio.StreamWriter, arrays: Mapping[str, np.ndarray], idle_timeout_s: float):
     """Send our tensors in the background while the body reads the peer's: both directions at once.
 
     Yields the send task; if the body leaves early (busy, refusal, error) the send is cancelled.
     """
-    task = asyncio.create_task(write_tensors(writer, arrays))
+    task = asyncio.create_task(write_tensors(writer, arrays, idle_timeout_s))
     try:
         yield task
     finally:

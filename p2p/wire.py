@@ -88,8 +88,15 @@ def decode_header(blob: bytes) -> dict[str, Any]:
     return header
 
 
-async def read_header(reader: asyncio.StreamReader, max_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any]:
+async def read_header(
+    reader: asyncio.StreamReader, max_bytes: int = MAX_HEADER_BYTES, idle_timeout_s: float | None = None
+) -> dict[str, Any]:
     """Read one header frame; the length is checked before the header is read."""
+    async with asyncio.timeout(idle_timeout_s):
+        return await _read_header(reader, max_bytes)
+
+
+async def _read_header(reader: asyncio.StreamReader, max_bytes: int) -> dict[str, Any]:
     length_read = False
     try:
         (length,) = _LEN.unpack(await reader.readexactly(_LEN.size))
@@ -120,24 +127,37 @@ def check_specs(theirs: Sequence[TensorSpec], ours: Sequence[TensorSpec]) -> Non
             raise ProtocolViolation(f"tensor mismatch: peer {t}, ours {o}")
 
 
-async def write_tensors(writer: asyncio.StreamWriter, arrays: Mapping[str, np.ndarray]) -> None:
-    """Send the raw bytes, draining only when the transport's buffer fills (keeps loopback fast)."""
+async def write_tensors(
+    writer: asyncio.StreamWriter, arrays: Mapping[str, np.ndarray], idle_timeout_s: float | None = None
+) -> None:
+    """Send the raw bytes, draining only when the transport's buffer fills (keeps loopback fast).
+
+    `idle_timeout_s` bounds each chunk: a peer that stops reading (a cut link) fails us in seconds,
+    however long the whole body may take.
+    """
     for array in arrays.values():
         data = memoryview(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))).cast("B")
         for start in range(0, len(data), READ_CHUNK_BYTES):
             writer.write(data[start : start + READ_CHUNK_BYTES])
-            await writer.drain()
+            async with asyncio.timeout(idle_timeout_s):
+                await writer.drain()
 
 
-async def read_tensors(reader: asyncio.StreamReader, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    """Read a body whose specs were already checked against our model; reject NaN/Inf."""
+async def read_tensors(
+    reader: asyncio.StreamReader, specs: Sequence[TensorSpec], idle_timeout_s: float | None = None
+) -> dict[str, np.ndarray]:
+    """Read a body whose specs were already checked against our model; reject NaN/Inf.
+
+    `idle_timeout_s` bounds each chunk (a silent peer), not the whole body (a big model on a slow link).
+    """
     arrays: dict[str, np.ndarray] = {}
     try:
         for spec in specs:
             buffer = bytearray(spec.nbytes)
             view = memoryview(buffer)
             for start in range(0, spec.nbytes, READ_CHUNK_BYTES):
-                chunk = await reader.readexactly(min(READ_CHUNK_BYTES, spec.nbytes - start))
+                async with asyncio.timeout(idle_timeout_s):
+                    chunk = await reader.readexactly(min(READ_CHUNK_BYTES, spec.nbytes - start))
                 view[start : start + len(chunk)] = chunk
             array = np.frombuffer(buffer, dtype=np.dtype(spec.dtype).newbyteorder("<")).reshape(spec.shape)
             if not np.isfinite(array).all():

@@ -73,14 +73,9 @@ def test_the_compose_services_form_one_swarm_and_train(tmp_path):
             )
         claims = sorted(p.read_text().strip() for p in (shared / "claims").iterdir())
         assert sorted(claims) == sorted(peer_ids), "each service claims its own part of the data"
-        for node in nodes:
-            start = wait_until(
-                lambda n=node: n.status()["start_test"].get("accuracy"), timeout_s=60, what="the first evaluation"
-            )
+        for node in nodes:  # digits from scratch scores ~0.1; the swarm gets past 0.9
             wait_until(
-                lambda n=node, s=start: (
-                    n.status()["test"]["accuracy"] >= max(0.6, s + 0.3) and n.status()["exchanges"]["ok"] >= 5
-                ),
+                lambda n=node: (s := n.status())["test"].get("accuracy", 0) >= 0.8 and s["exchanges"]["ok"] >= 5,
                 timeout_s=90,
                 what=f"{node.data_dir.name} to learn and exchange",
             )
