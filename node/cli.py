@@ -89,6 +89,8 @@ def training_options(f):
     "--join-file", metavar="FILE", help="Join the peers listed in FILE (another node's addrs.txt); waits for it."
 )
 @click.option("--control", metavar="HOST:PORT", help="Control API address (loopback only; port 0 = any).")
+@click.option("--members", multiple=True, metavar="PEER_ID", help="A peer ID allowed in the swarm (repeatable).")
+@click.option("--members-file", metavar="FILE", help="Member peer IDs, one per line with a label; re-read on SIGHUP.")
 @click.option("--record-ttl-s", type=float, help="Lifetime of the membership record, seconds.")
 @click.option("--log-level", help="debug, info, warning or error.")
 @click.option("--log-format", help="text or json.")
@@ -134,12 +136,12 @@ def _with_control_options(f):
     return f
 
 
-def _fetch(control: str | None, data_dir: Path | None, path: str):
+def _fetch(control: str | None, data_dir: Path | None, path: str, *, action: bool = False):
     from node.control_client import ControlUnavailable, fetch_json
 
     host, port = _control_address(control, data_dir)
     try:
-        return fetch_json(host, port, path)
+        return fetch_json(host, port, path, action=action)
     except ControlUnavailable as e:
         _fail(exitcodes.NO_NODE, str(e))
 
@@ -162,6 +164,19 @@ def peers(control: str | None, data_dir: Path | None, as_json: bool) -> None:
 
     data = _fetch(control, data_dir, "/peers")
     click.echo(json.dumps(data, indent=2) if as_json else format_peers(data))
+
+
+@main.command("reload-members")
+@_with_control_options
+def reload_members(control: str | None, data_dir: Path | None, as_json: bool) -> None:
+    """Make a running node re-read its members file (the same as sending it SIGHUP)."""
+    result = _fetch(control, data_dir, "/members/reload", action=True)
+    if as_json:
+        click.echo(json.dumps(result))
+    elif result.get("ok"):
+        click.echo("open swarm" if result.get("open") else f"{result.get('members')} members")
+    else:
+        _fail(exitcodes.CONFIG, f"members not reloaded: {result.get('error')}")
 
 
 @main.command()

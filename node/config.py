@@ -126,6 +126,8 @@ class NodeConfig:
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    members: tuple[str, ...] = ()  # peer IDs allowed in the swarm; with members_file: none = open swarm
+    members_file: str = ""  # one peer ID (and a label) per line; re-read on SIGHUP
 
     @property
     def identity_path(self) -> Path:
@@ -410,6 +412,11 @@ def _check_announce(addr: str) -> None:
         raise ValueError(f"{addr!r}: an announce address needs the public address peers should dial")
 
 
+def _check_peer_id(text: str) -> None:
+    if not re.fullmatch(r"[1-9A-HJ-NP-Za-km-z]{40,60}", text):
+        raise ValueError(f"{text!r} is not a peer ID (as printed by `fedswarm id`)")
+
+
 def check_join_address(addr: str) -> None:
     """Raises ValueError unless `addr` is a full peer multiaddr (also used for --join-file contents)."""
     _check_join(addr)
@@ -520,6 +527,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_level", STR, ("log_level",), "Log verbosity.", choices=("debug", "info", "warning", "error")),
     Setting("log_format", STR, ("log_format",), "Log line format.", choices=("text", "json")),
+    Setting(
+        "members",
+        LIST,
+        ("members",),
+        "Peer IDs allowed in the swarm (none and no file: open swarm).",
+        check=_each(_check_peer_id),
+    ),
+    Setting("members_file", STR, ("members_file",), "File of member peer IDs, one per line with a label."),
     Setting(
         "listen",
         LIST,

@@ -22,7 +22,7 @@ import ipaddress
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import prometheus_client
@@ -34,6 +34,7 @@ log = logging.getLogger("fedswarm.control")
 
 ENDPOINTS = ("/", "/status", "/peers", "/history", "/metrics")
 _READ_METHODS = ("GET", "HEAD")
+ACTION_HEADER = "X-Fedswarm-Action"
 _STOP_TIMEOUT_S = 0.5  # how long stop() lets a request in flight finish
 
 
@@ -82,6 +83,7 @@ class ControlServer:
         peers: Callable[[], list[dict]],
         registry: prometheus_client.CollectorRegistry,
         history: Callable[[], list[dict]] | None = None,
+        actions: Mapping[str, Callable[[], Awaitable[dict]]] | None = None,
     ) -> None:
         """`history` returns recent metrics events; it may read a file, so it runs in a worker thread."""
         self._host = host
@@ -90,6 +92,7 @@ class ControlServer:
         self._peers = peers
         self._registry = registry
         self._history = history or list
+        self._actions = dict(actions or {})  # POST path -> coroutine (e.g. /members/reload)
         self._bind_ip: str | None = None
         self._bound_port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -163,6 +166,12 @@ class ControlServer:
         return await handler(request)
 
     async def _dispatch(self, request: web.Request) -> web.Response:
+        if request.method == "POST" and request.path in self._actions:
+            # A custom header: a web page cannot send it cross-origin without a CORS preflight we never
+            # answer, so a page the operator happens to open cannot trigger actions.
+            if request.headers.get(ACTION_HEADER) != "1":
+                return _json({"error": f"actions need the header {ACTION_HEADER}: 1"}, 403)
+            return _json(await self._actions[request.path]())
         if request.method not in _READ_METHODS:
             return _json(
                 {"error": f"method {request.method} not allowed; the control API is read-only"},
@@ -184,7 +193,7 @@ class ControlServer:
 
     def _snapshot(self, what: str, source: Callable[[], Any]) -> web.Response:
         try:
-            body = json.dumps(source(), separators=(",", ":"))
+            body = json.dumps(_json_safe(source()), separators=(",", ":"), allow_nan=False)
         except Exception as exc:
             log.exception("control API: building /%s failed", what)
             return _json({"error": f"{what} unavailable: {type(exc).__name__}: {exc}"}, 500)

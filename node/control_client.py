@@ -33,8 +33,8 @@ class ControlUnavailable(Exception):
     """The node's control API did not give a usable answer; the message is one line for the user."""
 
 
-def fetch_json(host: str, port: int, path: str, timeout_s: float = 5.0) -> Any:
-    """GET http://host:port/path and decode its JSON body.
+def fetch_json(host: str, port: int, path: str, timeout_s: float = 5.0, *, action: bool = False) -> Any:
+    """GET http://host:port/path (POST for an `action`, such as /members/reload) and decode the JSON body.
 
     Raises ControlUnavailable when nothing listens, the node does not answer in time, answers with
     a status other than 200, or answers something that is not JSON.
@@ -42,7 +42,12 @@ def fetch_json(host: str, port: int, path: str, timeout_s: float = 5.0) -> Any:
     where = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     if not path.startswith("/"):
         path = "/" + path
-    request = urllib.request.Request(f"http://{where}{path}", headers={"Accept": "application/json"})
+    headers = {"Accept": "application/json"}
+    if action:
+        headers["X-Fedswarm-Action"] = "1"  # node.control.ACTION_HEADER (not imported: this module stays light)
+    request = urllib.request.Request(
+        f"http://{where}{path}", headers=headers, method="POST" if action else "GET", data=b"" if action else None
+    )
     # No proxies: urllib would send even loopback requests to one named in http_proxy.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:

@@ -20,6 +20,7 @@ import uvloop
 from node import __version__, exitcodes
 from node.config import NodeConfig, check_join_address
 from node.control import ControlServer, ControlStartError
+from node.members import Members, MembersError
 from node.metrics import NodeMetrics
 from node.metrics_log import METRICS_FILE, read_metrics
 from p2p.aio import wait_stopped
@@ -96,6 +97,7 @@ class Node:
         self.metrics = NodeMetrics(self)
         self.control: ControlServer | None = None
         self.learner = None  # node.learner.Learner, once the task is loaded
+        self.members: Members | None = None
         self.resumed = False
         self._published = False
 
@@ -117,7 +119,21 @@ class Node:
 
     def peers(self) -> list[dict]:
         now = time.time()
-        return [p.as_json(now) for p in self.membership.peers()] if self.membership else []
+        rows = [p.as_json(now) for p in self.membership.peers()] if self.membership else []
+        for row in rows:
+            if label := self.members.label(row["peer_id"]):
+                row["label"] = label
+        return rows
+
+    async def reload_members(self) -> dict:
+        """SIGHUP or POST /members/reload: re-read the members file without a restart."""
+        try:
+            result = self.members.reload()
+        except MembersError as e:
+            log.error("members not reloaded (the previous list stays in force): %s", e)
+            return {"ok": False, "error": str(e)}
+        log.info("members reloaded: %s", result)
+        return {"ok": True, **result}
 
     def uptime_s(self) -> float:
         return time.monotonic() - self.started_monotonic
@@ -142,6 +158,15 @@ class Node:
         if created:
             log.info("created a new identity at %s", cfg.identity_path)
 
+        try:
+            self.members = Members(cfg.members, cfg.members_file)
+        except MembersError as e:
+            raise StartupError(exitcodes.CONFIG, f"invalid setting 'members_file': {e}") from e
+        if self.members.open:
+            log.warning(
+                "open swarm: any peer that finds this swarm on the DHT can average with this node; "
+                "set 'members' or 'members_file' to admit only your partner institutions"
+            )
         options = HostOptions(
             listen=cfg.p2p.listen,
             announce=cfg.p2p.announce,
@@ -165,6 +190,7 @@ class Node:
             record_ttl_s=cfg.membership.record_ttl_s,
             refresh_interval_s=cfg.membership.refresh_interval_s,
             poll_interval_s=cfg.membership.poll_interval_s,
+            allowed=self.members.allowed,
         )
         await self._start_learner()
         self.control = ControlServer(
@@ -173,6 +199,7 @@ class Node:
             status=self.status,
             peers=self.peers,
             registry=self.metrics.registry,
+            actions={"/members/reload": self.reload_members},
             history=lambda: read_metrics(cfg.data_dir / METRICS_FILE)[-2000:],
         )
         try:
@@ -212,6 +239,7 @@ class Node:
             timeout_s=self.config.training.exchange_timeout_s,
             handshake_timeout_s=self.config.p2p.rpc_timeout_s,
             on_record=self.learner.record_exchange,
+            allowed=self.members.allowed,
         )
         self.learner.exchange = exchange
         await self.learner.measure_start()
@@ -286,6 +314,15 @@ async def _serve(config: NodeConfig) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    reloads: set[asyncio.Task] = set()
+
+    def on_sighup() -> None:
+        if node.members is not None:
+            task = asyncio.create_task(node.reload_members())
+            reloads.add(task)  # owned until done
+            task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         await node.start()
         run = asyncio.create_task(node.run(stop))

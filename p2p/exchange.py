@@ -115,6 +115,7 @@ class GossipExchange:
         timeout_s: float,
         handshake_timeout_s: float = 5.0,
         on_record: Callable[[ExchangeRecord], None] = lambda record: None,
+        allowed: Callable[[str], bool] = lambda peer_id: True,
     ):
         self._host = host
         self._state = state
@@ -125,6 +126,7 @@ class GossipExchange:
         # The same bound applies to every later wait for the next bytes (idle time, not total time).
         self._handshake_s = min(handshake_timeout_s, timeout_s)
         self._on_record = on_record
+        self._allowed = allowed  # a permissioned swarm's member check, by authenticated peer ID
         self._lock = asyncio.Lock()  # one exchange at a time, as caller or callee
         self.stats = ExchangeStats()
 
@@ -222,6 +224,11 @@ class GossipExchange:
 
     async def _serve(self, peer_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         started, sent = time.monotonic(), 0
+        if not self._allowed(peer_id):
+            # Refused before a byte of the payload is read: libp2p authenticated this peer ID.
+            await _try_send(writer, encode_header("reject", reason="not a member of this swarm"))
+            self._record(peer_id, "callee", Outcome.REJECTED, started, 0, "not a member of this swarm")
+            return
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with asyncio.timeout(self._handshake_s):

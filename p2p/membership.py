@@ -129,10 +129,17 @@ class Peer:
         }
 
 
-def live_peers(found: Mapping[bytes, tuple[object, float]], *, me: str, now: float) -> dict[str, Peer]:
+def live_peers(
+    found: Mapping[bytes, tuple[object, float]],
+    *,
+    me: str,
+    now: float,
+    allowed: Callable[[str], bool] = lambda peer_id: True,
+) -> dict[str, Peer]:
     """Pure: turn the DHT's {subkey: (value, expiration)} into the live peer table.
 
-    Drops our own record, tombstones, expired and invalid records (invalid ones are logged).
+    Drops our own record, tombstones, expired and invalid records (invalid ones are logged), and the
+    records of peers that `allowed` refuses (a permissioned swarm ignores strangers on the same DHT).
     """
     peers: dict[str, Peer] = {}
     for subkey, (value, expires_at) in found.items():
@@ -141,7 +148,7 @@ def live_peers(found: Mapping[bytes, tuple[object, float]], *, me: str, now: flo
         except InvalidRecord as e:
             log.warning("ignoring an invalid membership record: %s", e)
             continue
-        if record.peer_id == me or record.left or expires_at <= now:
+        if record.peer_id == me or record.left or expires_at <= now or not allowed(record.peer_id):
             continue
         known = peers.get(record.peer_id)
         if known is None or record.updated_at > known.record.updated_at:
@@ -162,6 +169,7 @@ class Membership:
         refresh_interval_s: float,
         poll_interval_s: float,
         info: Callable[[], Mapping[str, Any]] = dict,
+        allowed: Callable[[str], bool] = lambda peer_id: True,
     ):
         self._host = host
         self._key = members_key(swarm)
@@ -171,6 +179,7 @@ class Membership:
         self._poll_s = poll_interval_s
         self.info = info  # extra fields of our record (round, fingerprint, ...), read at each refresh
         self._started_at = time.time()
+        self._allowed = allowed
         self._peers: dict[str, Peer] = {}
         self.peers_changed = asyncio.Event()  # set whenever the table changes (tests and UIs wait on it)
 
@@ -180,7 +189,7 @@ class Membership:
         """Live peers, most recently seen first. Entries that expired since the last poll are dropped."""
         now = time.time()
         return sorted(
-            (p for p in self._peers.values() if p.expires_at > now),
+            (p for p in self._peers.values() if p.expires_at > now and self._allowed(p.peer_id)),
             key=lambda p: -p.record.updated_at,
         )
 
@@ -195,7 +204,7 @@ class Membership:
             # hivemind deserialises what peers stored; hostile bytes must not end the node
             log.warning("membership poll failed on a DHT value", exc_info=True)
             return
-        table = live_peers(found, me=self._host.peer_id, now=time.time())
+        table = live_peers(found, me=self._host.peer_id, now=time.time(), allowed=self._allowed)
         joined, left = table.keys() - self._peers.keys(), self._peers.keys() - table.keys()
         for peer_id in sorted(joined):
             log.info("peer joined: %s", peer_id)
