@@ -36,6 +36,7 @@ import numpy as np
 
 from p2p.errors import PeerUnavailable, ProtocolViolation
 from p2p.host import Host
+from p2p.penalty import BAN_S, PenaltyBox
 from p2p.wire import (
     TensorSpec,
     check_specs,
@@ -127,6 +128,7 @@ class GossipExchange:
         self._handshake_s = min(handshake_timeout_s, timeout_s)
         self._on_record = on_record
         self._allowed = allowed  # a permissioned swarm's member check, by authenticated peer ID
+        self._penalty = PenaltyBox()  # peers that keep sending garbage are refused for a while
         self._lock = asyncio.Lock()  # one exchange at a time, as caller or callee
         self.stats = ExchangeStats()
 
@@ -160,7 +162,10 @@ class GossipExchange:
             self.stats.last_ok_at[peer_id] = time.monotonic()
         elif outcome is Outcome.REJECTED:
             self.stats.rejected_by_peer[peer_id] += 1
-            log.warning("rejected %s exchange with %s: %s", role, peer_id, reason)
+            if role == "callee" and self._penalty.strike(peer_id):
+                log.warning("rejected %s exchange with %s: %s; refusing it for %.0f s", role, peer_id, reason, BAN_S)
+            elif not self._penalty.banned(peer_id):
+                log.warning("rejected %s exchange with %s: %s", role, peer_id, reason)
         elif outcome is Outcome.FAILED:
             log.info("%s exchange with %s failed: %s", role, peer_id, reason)
         self._on_record(ExchangeRecord(peer_id, role, outcome, time.monotonic() - started, sent, reason))
@@ -224,6 +229,10 @@ class GossipExchange:
 
     async def _serve(self, peer_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         started, sent = time.monotonic(), 0
+        if self._penalty.banned(peer_id):
+            self.stats.outcomes[Outcome.REJECTED.value] += 1
+            self.stats.rejected_by_peer[peer_id] += 1
+            return  # no answer, no log line: it was told once when the ban started
         if not self._allowed(peer_id):
             # Refused before a byte of the payload is read: libp2p authenticated this peer ID.
             await _try_send(writer, encode_header("reject", reason="not a member of this swarm"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import reprlib
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,12 @@ class TensorSpec:
         return [self.name, self.dtype, list(self.shape)]
 
 
+def _show(value: object) -> str:
+    """A peer's value for an error message, bounded in size and depth: repr() of a value nested a
+    thousand deep (a few hundred bytes of msgpack) raises RecursionError, and a 1 MiB string floods the log."""
+    return reprlib.repr(value)
+
+
 def specs_of(arrays: Mapping[str, np.ndarray]) -> list[TensorSpec]:
     return [TensorSpec(name, a.dtype.name, tuple(a.shape)) for name, a in arrays.items()]
 
@@ -58,10 +65,11 @@ def parse_specs(raw: object) -> list[TensorSpec]:
         if not (isinstance(item, list) and len(item) == 3):
             raise ProtocolViolation("each tensor spec must be [name, dtype, shape]")
         name, dtype, shape = item
-        if not isinstance(name, str) or dtype not in ALLOWED_DTYPES:
-            raise ProtocolViolation(f"bad tensor spec name/dtype: {name!r} {dtype!r}")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and 0 <= d < 2**40 for d in shape)):
-            raise ProtocolViolation(f"bad shape for {name!r}")
+        # (a list or map as dtype would make `in` raise TypeError: unhashable)
+        if not isinstance(name, str) or not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
+            raise ProtocolViolation(f"bad tensor spec name/dtype: {_show(name)} {_show(dtype)}")
+        if not (isinstance(shape, list) and all(type(d) is int and 0 <= d < 2**40 for d in shape)):  # no bools
+            raise ProtocolViolation(f"bad shape for {_show(name)}")
         specs.append(TensorSpec(name, dtype, tuple(shape)))
     return specs
 
@@ -83,8 +91,9 @@ def decode_header(blob: bytes) -> dict[str, Any]:
         raise ProtocolViolation(f"header is not msgpack ({type(e).__name__})") from e
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
         raise ProtocolViolation("header must be a map with a 'type'")
-    if header.get("v") != PROTOCOL_VERSION:
-        raise ProtocolViolation(f"protocol version {header.get('v')!r}, this node speaks {PROTOCOL_VERSION}")
+    version = header.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:  # True and 1.0 compare equal to 1
+        raise ProtocolViolation(f"protocol version {_show(version)}, this node speaks {PROTOCOL_VERSION}")
     return header
 
 
@@ -136,6 +145,8 @@ async def write_tensors(
     however long the whole body may take.
     """
     for array in arrays.values():
+        if array.size == 0:  # nothing to send, and memoryview.cast() refuses a shape like (0, 3)
+            continue
         data = memoryview(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))).cast("B")
         for start in range(0, len(data), READ_CHUNK_BYTES):
             writer.write(data[start : start + READ_CHUNK_BYTES])
@@ -172,12 +183,12 @@ def expect_weight(header: Mapping[str, Any]) -> float:
     """A gossip weight: a finite positive number (a peer cannot zero or blow up the mix)."""
     value = header.get("weight")
     if isinstance(value, bool) or not isinstance(value, int | float) or not (0 < value < 1e12):
-        raise ProtocolViolation(f"weight must be a positive finite number, got {value!r}")
+        raise ProtocolViolation(f"weight must be a positive finite number, got {_show(value)}")
     return float(value)
 
 
 def expect_round(header: Mapping[str, Any]) -> int:
     value = header.get("round")
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ProtocolViolation(f"round must be a non-negative integer, got {value!r}")
+        raise ProtocolViolation(f"round must be a non-negative integer, got {_show(value)}")
     return value

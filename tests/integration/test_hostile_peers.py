@@ -49,6 +49,8 @@ async def send_raw(host: Host, peer_id: str, addrs: list[str], header: bytes, re
             writer.write_eof()
             await reader.read()  # until the node closes its side: it has finished judging us
         return True
+    except ConnectionError:
+        return True  # hung up on: a banned (rate-limited) offender gets no answer at all
     finally:
         writer.close()
 
@@ -106,7 +108,23 @@ def test_hostile_frames_are_rejected_and_honest_exchanges_go_on(start_node, tmp_
         finally:
             await attacker.close()
 
+    async def banned_after_the_attacks() -> bool:
+        identity, _ = load_or_create_identity(tmp_path / "attacker-identity")
+        attacker = await Host.start(identity, HostOptions())
+        try:
+            reader, writer = await attacker.open_stream(victim.peer_id, GOSSIP_PROTOCOL, victim.addrs)
+            try:
+                writer.write(offer(fingerprint, arrays))  # even a well-formed offer now gets no answer
+                await writer.drain()
+                await read_header(reader, idle_timeout_s=10)
+            except ConnectionError:
+                return True
+            return False
+        finally:
+            await attacker.close()
+
     asyncio.run(attack_all())
+    assert asyncio.run(banned_after_the_attacks()), "a repeat offender should be refused outright"
     assert victim.status()["exchanges"]["rejected"] >= len(attacks)
     ok_after_attacks = exchanges_ok(victim)
     wait_until(
