@@ -103,6 +103,7 @@ class TrainingConfig:
     momentum: float = 0.9
     weight: float = 1.0  # initial gossip weight
     final_exchanges: int = 3  # gossip-only exchanges after the last round, so no node ends on a local drift
+    gate_factor: float = 0.0  # refuse a peer's model whose val loss is above this x ours (0 = no gate)
     checkpoint_every: int = 10  # rounds
     exchange_timeout_s: float = 30.0
     min_peers: int = 0  # wait for this many live peers before the first round (testnets start together)
@@ -621,6 +622,14 @@ _TRAINING_SETTINGS: tuple[tuple[str, Kind, str, Callable[[Any], Any] | None, tup
     ("momentum", FLOAT, "SGD momentum (0 = none).", _finite_ge0, ()),
     ("weight", FLOAT, "Initial gossip weight of this node.", _positive_number, ()),
     ("final_exchanges", INT, "Gossip-only exchanges after the last round.", _non_negative_int, ()),
+    (
+        "gate_factor",
+        FLOAT,
+        "Validation gate: refuse a peer's model whose loss on our validation split exceeds this many times ours "
+        "(0 = off).",
+        _finite_ge0,
+        (),
+    ),
     ("checkpoint_every", INT, "Write a checkpoint every this many rounds (and at shutdown).", _positive_int, ()),
     ("exchange_timeout_s", FLOAT, "Deadline of one exchange with a peer (seconds).", _positive, ()),
     ("min_peers", INT, "Wait for this many live peers before the first round.", _non_negative_int, ()),

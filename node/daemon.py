@@ -120,9 +120,11 @@ class Node:
     def peers(self) -> list[dict]:
         now = time.time()
         rows = [p.as_json(now) for p in self.membership.peers()] if self.membership else []
+        refused = self.learner.exchange.stats.rejected_by_peer if self.learner and self.learner.exchange else {}
         for row in rows:
             if label := self.members.label(row["peer_id"]):
                 row["label"] = label
+            row["rejected"] = refused.get(row["peer_id"], 0)  # bad input and validation-gate refusals
         return rows
 
     async def reload_members(self) -> dict:
@@ -240,6 +242,7 @@ class Node:
             handshake_timeout_s=self.config.p2p.rpc_timeout_s,
             on_record=self.learner.record_exchange,
             allowed=self.members.allowed,
+            vet=self.learner.vet,
         )
         self.learner.exchange = exchange
         await self.learner.measure_start()

@@ -38,6 +38,7 @@ IDLE_WAIT_S = 0.5  # with nobody to average with and nothing to train, do not sp
 WAIT_POLL_S = 0.5  # membership polls while waiting for min_peers
 DONE_REFRESH_S = 1.0  # how often a finished node re-scores a model that peers keep averaging into
 SETTLE_MAX_S = 30.0  # the final gossip-only exchanges give up after this long
+GATE_LOSS_FLOOR = 0.1  # nats: the gate never compares against a loss below this
 RETRY_MAX_S = 30.0  # longest pause before retrying a peer whose exchanges failed
 
 
@@ -228,6 +229,20 @@ class Learner:
                 logged = (len(peers), len(ready))
             await wait_stopped(stop, WAIT_POLL_S)
             await self.membership.poll()
+
+    def vet(self, arrays: dict[str, np.ndarray]) -> str | None:
+        """The validation gate (a local vote, no stake or chain): a reason to refuse a peer's model, or None.
+
+        Runs in a worker thread during an exchange. A floor on our own loss keeps a well-trained node from
+        refusing honest peers whose loss is merely a little higher on our (skewed) data.
+        """
+        if self.cfg.gate_factor <= 0:
+            return None
+        ours = self.trainer.evaluate("val")["loss"]
+        theirs = self.trainer.evaluate_arrays(arrays, "val")["loss"]
+        if not theirs <= self.cfg.gate_factor * max(ours, GATE_LOSS_FLOOR):  # NaN counts as refused
+            return f"its validation loss {theirs:.3g} exceeds {self.cfg.gate_factor:g} x ours ({ours:.3g})"
+        return None
 
     def record_exchange(self, record: ExchangeRecord) -> None:
         """Exchange hook: every finished exchange, either role, goes to the history."""

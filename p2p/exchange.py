@@ -46,6 +46,7 @@ from p2p.wire import (
     parse_specs,
     read_header,
     read_tensors,
+    show,
     write_frame,
     write_tensors,
 )
@@ -117,6 +118,7 @@ class GossipExchange:
         handshake_timeout_s: float = 5.0,
         on_record: Callable[[ExchangeRecord], None] = lambda record: None,
         allowed: Callable[[str], bool] = lambda peer_id: True,
+        vet: Callable[[Arrays], str | None] = lambda arrays: None,
     ):
         self._host = host
         self._state = state
@@ -129,6 +131,8 @@ class GossipExchange:
         self._on_record = on_record
         self._allowed = allowed  # a permissioned swarm's member check, by authenticated peer ID
         self._penalty = PenaltyBox()  # peers that keep sending garbage are refused for a while
+        # The validation gate: a reason to refuse a well-formed but bad model (runs in a worker thread).
+        self._vet = vet
         self._lock = asyncio.Lock()  # one exchange at a time, as caller or callee
         self.stats = ExchangeStats()
 
@@ -151,7 +155,7 @@ class GossipExchange:
     def _check_model_header(self, header: Mapping) -> tuple[float, int]:
         if header.get("fingerprint") != self._state.fingerprint:
             raise ProtocolViolation(
-                f"model fingerprint {header.get('fingerprint')!r} differs from ours {self._state.fingerprint!r}"
+                f"model fingerprint {show(header.get('fingerprint'))} differs from ours {self._state.fingerprint!r}"
             )
         check_specs(parse_specs(header.get("tensors")), self._state.specs)
         return expect_weight(header), expect_round(header)
@@ -170,6 +174,11 @@ class GossipExchange:
             log.info("%s exchange with %s failed: %s", role, peer_id, reason)
         self._on_record(ExchangeRecord(peer_id, role, outcome, time.monotonic() - started, sent, reason))
         return outcome
+
+    async def _vetted(self, arrays: Arrays) -> None:
+        reason = await asyncio.to_thread(self._vet, arrays)
+        if reason is not None:
+            raise ProtocolViolation(f"validation gate: {reason}")
 
     # --- caller side ------------------------------------------------------------------------------
 
@@ -202,20 +211,21 @@ class GossipExchange:
         if reply["type"] == "busy":
             return Outcome.BUSY, ""
         if reply["type"] == "reject":
-            return Outcome.FAILED, f"peer refused: {reply.get('reason')}"
+            return Outcome.FAILED, f"peer refused: {show(reply.get('reason'))}"
         if reply["type"] != "accept":
             raise ProtocolViolation(f"expected accept, got {reply['type']!r}")
         weight, _ = self._check_model_header(reply)
         async with _sending(writer, before.arrays, self._handshake_s) as send:
             try:
                 theirs = await read_tensors(reader, self._state.specs, self._handshake_s)
+                await self._vetted(theirs)
             except ProtocolViolation as e:
                 await _try_send(writer, encode_header("abort", reason=str(e)))
                 raise
             await send
         verdict = await read_header(reader, idle_timeout_s=self._handshake_s)
         if verdict["type"] != "ready":
-            return Outcome.FAILED, f"peer refused our model: {verdict.get('reason')}"
+            return Outcome.FAILED, f"peer refused our model: {show(verdict.get('reason'))}"
         mixed = await asyncio.to_thread(self._mix, [(before.arrays, before.weight), (theirs, weight)])
         await write_frame(writer, encode_header("commit"))
         await asyncio.to_thread(self._state.apply, before, mixed, (before.weight + weight) / 2)
@@ -266,22 +276,22 @@ class GossipExchange:
         sent = sum(a.nbytes for a in before.arrays.values())
         await write_frame(writer, self._offer_header("accept", before))
         async with _sending(writer, before.arrays, self._handshake_s) as send:
-            theirs = await read_tensors(
-                reader, self._state.specs, self._handshake_s
-            )  # a NaN here -> reject, nothing applied
+            # a NaN (or a model the gate refuses) here -> reject, nothing applied
+            theirs = await read_tensors(reader, self._state.specs, self._handshake_s)
+            await self._vetted(theirs)
             await send
         await write_frame(writer, encode_header("ready"))
         mixed = await asyncio.to_thread(self._mix, [(before.arrays, before.weight), (theirs, their_weight)])
         final = await read_header(reader, idle_timeout_s=self._handshake_s)
         if final["type"] != "commit":
-            return Outcome.FAILED, sent, f"caller aborted: {final.get('reason')}"
+            return Outcome.FAILED, sent, f"caller aborted: {show(final.get('reason'))}"
         await asyncio.to_thread(self._state.apply, before, mixed, (before.weight + their_weight) / 2)
         await _try_send(writer, encode_header("done"))
         return Outcome.OK, sent, ""
 
     async def _serve_pull(self, request: Mapping, writer: asyncio.StreamWriter) -> None:
         if request.get("fingerprint") != self._state.fingerprint:
-            raise ProtocolViolation(f"pull for another model ({request.get('fingerprint')!r})")
+            raise ProtocolViolation(f"pull for another model ({show(request.get('fingerprint'))})")
         snap = await asyncio.to_thread(self._state.snapshot)
         await write_frame(writer, self._offer_header("model", snap))
         await write_tensors(writer, snap.arrays, self._handshake_s)
@@ -297,7 +307,7 @@ class GossipExchange:
                     await write_frame(writer, encode_header("pull", fingerprint=self._state.fingerprint))
                     header = await read_header(reader, idle_timeout_s=self._handshake_s)
                     if header["type"] != "model":
-                        raise ProtocolViolation(f"expected model, got {header['type']!r}: {header.get('reason')}")
+                        raise ProtocolViolation(f"expected model, got {header['type']!r}: {show(header.get('reason'))}")
                     weight, round_ = self._check_model_header(header)
                     arrays = await read_tensors(reader, self._state.specs, self._handshake_s)
                 finally:

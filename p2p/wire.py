@@ -46,7 +46,7 @@ class TensorSpec:
         return [self.name, self.dtype, list(self.shape)]
 
 
-def _show(value: object) -> str:
+def show(value: object) -> str:
     """A peer's value for an error message, bounded in size and depth: repr() of a value nested a
     thousand deep (a few hundred bytes of msgpack) raises RecursionError, and a 1 MiB string floods the log."""
     return reprlib.repr(value)
@@ -67,9 +67,9 @@ def parse_specs(raw: object) -> list[TensorSpec]:
         name, dtype, shape = item
         # (a list or map as dtype would make `in` raise TypeError: unhashable)
         if not isinstance(name, str) or not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
-            raise ProtocolViolation(f"bad tensor spec name/dtype: {_show(name)} {_show(dtype)}")
+            raise ProtocolViolation(f"bad tensor spec name/dtype: {show(name)} {show(dtype)}")
         if not (isinstance(shape, list) and all(type(d) is int and 0 <= d < 2**40 for d in shape)):  # no bools
-            raise ProtocolViolation(f"bad shape for {_show(name)}")
+            raise ProtocolViolation(f"bad shape for {show(name)}")
         specs.append(TensorSpec(name, dtype, tuple(shape)))
     return specs
 
@@ -93,7 +93,7 @@ def decode_header(blob: bytes) -> dict[str, Any]:
         raise ProtocolViolation("header must be a map with a 'type'")
     version = header.get("v")
     if type(version) is not int or version != PROTOCOL_VERSION:  # True and 1.0 compare equal to 1
-        raise ProtocolViolation(f"protocol version {_show(version)}, this node speaks {PROTOCOL_VERSION}")
+        raise ProtocolViolation(f"protocol version {show(version)}, this node speaks {PROTOCOL_VERSION}")
     return header
 
 
@@ -183,12 +183,12 @@ def expect_weight(header: Mapping[str, Any]) -> float:
     """A gossip weight: a finite positive number (a peer cannot zero or blow up the mix)."""
     value = header.get("weight")
     if isinstance(value, bool) or not isinstance(value, int | float) or not (0 < value < 1e12):
-        raise ProtocolViolation(f"weight must be a positive finite number, got {_show(value)}")
+        raise ProtocolViolation(f"weight must be a positive finite number, got {show(value)}")
     return float(value)
 
 
 def expect_round(header: Mapping[str, Any]) -> int:
     value = header.get("round")
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ProtocolViolation(f"round must be a non-negative integer, got {_show(value)}")
+        raise ProtocolViolation(f"round must be a non-negative integer, got {show(value)}")
     return value

@@ -103,16 +103,24 @@ class LocalTrainer:
 
         An empty split gives NaN for both.
         """
+        return self._score(split, None)
+
+    def evaluate_arrays(self, arrays: Mapping[str, np.ndarray], split: str = "val") -> dict[str, float]:
+        """Score another model of the same architecture (a peer's) on our split, without loading it."""
+        _check_like(self.model.state_dict(), arrays)
+        return self._score(split, {name: _as_tensor(a) for name, a in arrays.items()})
+
+    def _score(self, split: str, params: dict[str, torch.Tensor] | None) -> dict[str, float]:
         if split not in self._splits:
             raise ValueError(f"split must be one of {sorted(self._splits)}, got {split!r}")
         x_all, y_all = self._splits[split]
         loss_sum, correct = 0.0, 0
-        with self.lock:
+        with self.lock, torch.no_grad():
             self.model.eval()
             try:
                 for start in range(0, len(y_all), EVAL_BATCH_ROWS):
                     x, y = x_all[start : start + EVAL_BATCH_ROWS], y_all[start : start + EVAL_BATCH_ROWS]
-                    logits = self.model(x)
+                    logits = self.model(x) if params is None else torch.func.functional_call(self.model, params, (x,))
                     loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
                     correct += int((logits.argmax(dim=1) == y).sum())
             finally:

@@ -133,3 +133,37 @@ def test_hostile_frames_are_rejected_and_honest_exchanges_go_on(start_node, tmp_
         what="the victim to keep exchanging with the honest peer",
     )
     assert exchanges_ok(honest) > 0
+
+
+def test_the_validation_gate_refuses_a_poisoned_model(start_node, tmp_path):
+    from p2p.exchange import GossipExchange, Outcome, Snapshot
+    from training.aggregate import pairwise_mean
+
+    victim = start_node("victim", "--gate-factor", "3", *FAST)
+    wait_until(lambda: victim.status()["round"] >= 50, timeout_s=60, what="the victim to train")
+    honest = digits_arrays()
+    poisoned = {k: (-10.0 * v).astype(v.dtype) for k, v in honest.items()}  # sign-flipped, scaled x10
+
+    class Poisoner:
+        specs, fingerprint = specs_of(poisoned), victim.status()["model_fingerprint"]
+
+        def snapshot(self) -> Snapshot:
+            return Snapshot(poisoned, 1.0, 0)
+
+        def apply(self, before, mixed, weight) -> None:
+            raise AssertionError("the victim must never commit to this exchange")
+
+    async def poison() -> list[Outcome]:
+        identity, _ = load_or_create_identity(tmp_path / "poisoner-identity")
+        host = await Host.start(identity, HostOptions())
+        try:
+            exchange = GossipExchange(host, Poisoner(), mix=pairwise_mean, timeout_s=10)
+            return [await exchange.exchange(victim.peer_id, victim.addrs) for _ in range(2)]
+        finally:
+            await host.close()
+
+    accuracy_before = victim.status()["test"]["accuracy"]
+    outcomes = asyncio.run(poison())
+    assert all(o is Outcome.FAILED for o in outcomes), outcomes  # "peer refused our model"
+    assert victim.status()["exchanges"]["rejected"] >= 2
+    assert victim.status()["test"]["accuracy"] >= accuracy_before - 0.05  # nothing of the poison got in
