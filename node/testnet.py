@@ -162,8 +162,9 @@ def run_testnet(options: TestnetOptions) -> int:
             return exitcodes.OK
         if not net.watch(options.timeout_s):
             return exitcodes.FAILURE
-        peer_ids = [s["peer_id"] for s in net.statuses()]
-        exchanges = [s["exchanges"]["ok"] for s in net.statuses()]
+        final = net.statuses()
+        peer_ids = [s["peer_id"] for s in final]
+        exchanges = [s["exchanges"]["ok"] for s in final]
         net.stop()
         wall_s = time.monotonic() - started
         from node.results import score_testnet  # torch: only once there is something to score

@@ -45,15 +45,17 @@ def weighted_mean(models: Sequence[tuple[Mapping[str, np.ndarray], float]]) -> d
     return result
 
 
-def _check_same(first: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray], k: int) -> None:
+def _check_same(first: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray], k: int | str) -> None:
+    """`other` must have `first`'s tensor names, shapes and dtypes; k numbers it (or names it) in errors."""
+    who = f"model {k}" if isinstance(k, int) else k
     if set(other) != set(first):
         missing, extra = sorted(set(first) - set(other)), sorted(set(other) - set(first))
-        raise ValueError(f"model {k} has other tensors than model 0: missing {missing}, unexpected {extra}")
+        raise ValueError(f"{who} has other tensors than model 0: missing {missing}, unexpected {extra}")
     for name, a in first.items():
         a, b = np.asarray(a), np.asarray(other[name])
         if a.shape != b.shape or a.dtype != b.dtype:
             got, want = f"{b.dtype.name}{list(b.shape)}", f"{a.dtype.name}{list(a.shape)}"
-            raise ValueError(f"tensor {name!r}: model {k} has {got}, model 0 has {want}")
+            raise ValueError(f"tensor {name!r}: {who} has {got}, model 0 has {want}")
 
 
 def pairwise_mean(models: Sequence[tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
@@ -150,7 +152,7 @@ def centered_clip(
         raise ValueError(f"iterations must be an int >= 1, got {iterations!r}")
     _check_models(models, "centered_clip")
     first = models[0][0]
-    _check_center(first, center)
+    _check_same(first, center, "center")
 
     v = {name: np.asarray(x, dtype=np.float64) for name, x in center.items()}
     if not all(np.isfinite(x).all() for x in v.values()):
@@ -215,17 +217,6 @@ def _check_models(models: Sequence[tuple[Mapping[str, np.ndarray], float]], rule
     first = models[0][0]
     for k, (model, _) in enumerate(models[1:], start=1):
         _check_same(first, model, k)
-
-
-def _check_center(first: Mapping[str, np.ndarray], center: Mapping[str, np.ndarray]) -> None:
-    if set(center) != set(first):
-        missing, extra = sorted(set(first) - set(center)), sorted(set(center) - set(first))
-        raise ValueError(f"center has other tensors than model 0: missing {missing}, unexpected {extra}")
-    for name, a in first.items():
-        a, c = np.asarray(a), np.asarray(center[name])
-        if a.shape != c.shape or a.dtype != c.dtype:
-            got, want = f"{c.dtype.name}{list(c.shape)}", f"{a.dtype.name}{list(a.shape)}"
-            raise ValueError(f"tensor {name!r}: center has {got}, model 0 has {want}")
 
 
 def _mean_of_middle(models: Sequence[tuple[Mapping[str, np.ndarray], float]], keep_out: int) -> dict[str, np.ndarray]:
