@@ -103,6 +103,8 @@ class TrainingConfig:
     momentum: float = 0.9
     weight: float = 1.0  # initial gossip weight
     final_exchanges: int = 3  # gossip-only exchanges after the last round, so no node ends on a local drift
+    robust: str = ""  # "" = pairwise gossip mean; median | trimmed_mean | centered_clip: pull k models, combine
+    robust_k: int = 4
     gate_factor: float = 0.0  # refuse a peer's model whose val loss is above this x ours (0 = no gate)
     checkpoint_every: int = 10  # rounds
     exchange_timeout_s: float = 30.0
@@ -622,6 +624,14 @@ _TRAINING_SETTINGS: tuple[tuple[str, Kind, str, Callable[[Any], Any] | None, tup
     ("momentum", FLOAT, "SGD momentum (0 = none).", _finite_ge0, ()),
     ("weight", FLOAT, "Initial gossip weight of this node.", _positive_number, ()),
     ("final_exchanges", INT, "Gossip-only exchanges after the last round.", _non_negative_int, ()),
+    (
+        "robust",
+        STR,
+        "Robust aggregation instead of the pairwise mean: median, trimmed_mean or centered_clip ('' = off).",
+        None,
+        ("", "median", "trimmed_mean", "centered_clip"),
+    ),
+    ("robust_k", INT, "How many peers' models a robust round combines with its own.", _positive_int, ()),
     (
         "gate_factor",
         FLOAT,

@@ -25,6 +25,7 @@ from p2p.aio import wait_stopped
 from p2p.exchange import ExchangeRecord, GossipExchange, Outcome, Snapshot
 from p2p.membership import Membership, Peer
 from p2p.wire import specs_of
+from training.aggregate import ROBUST_RULES
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.errors import TaskError
 from training.schedule import cosine_lr
@@ -293,7 +294,7 @@ class Learner:
                 if self.cfg.rounds:
                     self.trainer.set_lr(cosine_lr(self.state.round, self.cfg.rounds, self.cfg.lr))
                 self.progress.train_loss = await asyncio.to_thread(self.trainer.train_steps)
-            exchanged = await self._exchange_once()
+            exchanged = await self._average_once()
             if not exchanged and not self.cfg.train:
                 await asyncio.sleep(IDLE_WAIT_S)
                 continue  # gossip-only: a round is an exchange
@@ -325,7 +326,7 @@ class Learner:
         step on skewed data, and a node should not finish on that drift but on the swarm's mix."""
         done, deadline = 0, time.monotonic() + SETTLE_MAX_S
         while done < self.cfg.final_exchanges and time.monotonic() < deadline and not stop.is_set():
-            if await self._exchange_once():
+            if await self._average_once():
                 done += 1
             elif not self._partners():
                 break  # alone: nothing to settle with
@@ -341,6 +342,34 @@ class Learner:
             for p in self.membership.peers()
             if p.record.info.get("fingerprint", self.state.fingerprint) == self.state.fingerprint
         ]
+
+    async def _average_once(self) -> bool:
+        """One averaging step: a robust pull-and-combine if configured, else a pairwise exchange."""
+        return await (self._robust_round() if self.cfg.robust else self._exchange_once())
+
+    async def _robust_round(self) -> bool:
+        """Pull up to robust_k peers' models and move ours to a robust combination of them and ours.
+
+        One-sided: only this node changes, and no weight is conserved (a robust rule is not a mean), so
+        a poisoned peer can at most be outvoted or clipped, never mixed in at full weight.
+        """
+        peers = self._partners()
+        random.shuffle(peers)
+        pulled = []
+        for peer in peers[: self.cfg.robust_k]:
+            snap = await self.exchange.pull(peer.peer_id, peer.record.addrs)
+            if snap is not None and (reason := await asyncio.to_thread(self.vet, snap.arrays)) is None:
+                pulled.append(snap.arrays)
+            elif snap is not None:
+                log.warning("robust round: refused the model of %s: %s", peer.peer_id, reason)
+        if not pulled:
+            return False
+        before = await asyncio.to_thread(self.state.snapshot)
+        rule = ROBUST_RULES[self.cfg.robust]
+        models = [(before.arrays, 1.0)] + [(arrays, 1.0) for arrays in pulled]
+        combined = await asyncio.to_thread(rule, models, own=before.arrays)
+        await asyncio.to_thread(self.state.apply, before, combined, self.state.weight)
+        return True
 
     async def _exchange_once(self) -> bool:
         """Average with one peer: random, preferring those not averaged with recently."""

@@ -119,6 +119,7 @@ class GossipExchange:
         on_record: Callable[[ExchangeRecord], None] = lambda record: None,
         allowed: Callable[[str], bool] = lambda peer_id: True,
         vet: Callable[[Arrays], str | None] = lambda arrays: None,
+        accept_offers: bool = True,
     ):
         self._host = host
         self._state = state
@@ -133,6 +134,8 @@ class GossipExchange:
         self._penalty = PenaltyBox()  # peers that keep sending garbage are refused for a while
         # The validation gate: a reason to refuse a well-formed but bad model (runs in a worker thread).
         self._vet = vet
+        # A node that aggregates robustly only pulls: a pairwise offer would mix a peer in at full weight.
+        self._accept_offers = accept_offers
         self._lock = asyncio.Lock()  # one exchange at a time, as caller or callee
         self.stats = ExchangeStats()
 
@@ -256,7 +259,10 @@ class GossipExchange:
                     await self._serve_pull(request, writer)
                     return
                 if request["type"] != "offer":
-                    raise ProtocolViolation(f"unexpected request {request['type']!r}")
+                    raise ProtocolViolation(f"unexpected request {show(request['type'])}")
+                if not self._accept_offers:
+                    await write_frame(writer, encode_header("reject", reason="this node only pulls (robust mode)"))
+                    return
                 weight, _ = self._check_model_header(request)
                 if self._lock.locked():
                     await write_frame(writer, encode_header("busy"))
