@@ -49,7 +49,11 @@ class TensorSpec:
 def show(value: object) -> str:
     """A peer's value for an error message, bounded in size and depth: repr() of a value nested a
     thousand deep (a few hundred bytes of msgpack) raises RecursionError, and a 1 MiB string floods the log."""
-    return reprlib.repr(value)
+    return _SHOW.repr(value)
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = 200  # a refusal's reason stays readable; depth and container sizes keep reprlib's limits
 
 
 def specs_of(arrays: Mapping[str, np.ndarray]) -> list[TensorSpec]:

@@ -129,3 +129,24 @@ def test_a_busy_callee_answers_busy_and_nothing_changes(tmp_path):
             assert all(np.array_equal(model.arrays[k], saved[k]) for k in saved)
 
     run(tmp_path, scenario)
+
+
+def test_another_model_is_refused_and_both_sides_record_why(tmp_path):
+    async def scenario(hosts, models, exchanges):
+        records = {0: [], 1: []}
+        for i, exchange in enumerate(exchanges):
+            exchange._on_record = records[i].append
+        models[1].fingerprint = "another-model"  # B now runs a different architecture
+        before = [m.copy() for m in models]
+        outcome = await exchanges[0].exchange(hosts[1].peer_id, await hosts[1].visible_addrs())
+        assert outcome is Outcome.FAILED
+        async with asyncio.timeout(10):
+            while not records[1]:  # noqa: ASYNC110 (the callee records just after answering)
+                await asyncio.sleep(0.05)
+        (caller,), (callee,) = records[0], records[1]
+        assert "fingerprint" in caller.reason and "another-model" in caller.reason  # A knows why it was refused
+        assert callee.outcome is Outcome.REJECTED and "fingerprint" in callee.reason  # and B why it refused
+        for model, saved in zip(models, before, strict=True):
+            assert all(np.array_equal(model.arrays[k], saved[k]) for k in saved)
+
+    run(tmp_path, scenario)
