@@ -290,8 +290,7 @@ class Node:
             except TimeoutError:
                 log.warning("libp2p did not stop in time; terminating it")
                 self.host.kill()
-        for name in ("control.txt",):
-            (self.config.data_dir / name).unlink(missing_ok=True)
+        (self.config.data_dir / "control.txt").unlink(missing_ok=True)  # no node answers there any more
         log.info("node stopped")
 
     def kill(self) -> None:

@@ -299,8 +299,7 @@ class Learner:
                 await asyncio.sleep(IDLE_WAIT_S)
                 continue  # gossip-only: a round is an exchange
             self.state.round += 1
-            await self._evaluate()
-            self._record_round()
+            await self._rescore()
             if self.state.round % self.cfg.checkpoint_every == 0:
                 await self.save()
         if stop.is_set():
@@ -318,8 +317,7 @@ class Learner:
         while not await wait_stopped(stop, DONE_REFRESH_S):
             if self.state.version != seen:
                 seen = self.state.version
-                await self._evaluate()
-                self._record_round()  # the history's last word is the model we hold, not the last round
+                await self._rescore()  # the history's last word is the model we hold, not the last round
 
     async def _settle(self, stop: asyncio.Event) -> None:
         """After the last round, average a few more times without training: each round ends on a local
@@ -333,8 +331,7 @@ class Learner:
             else:
                 await wait_stopped(stop, IDLE_WAIT_S)
         if done:
-            await self._evaluate()
-            self._record_round()
+            await self._rescore()
 
     def _partners(self) -> list[Peer]:
         return [
@@ -393,6 +390,11 @@ class Learner:
                 delay = min(max(self._retry_at.get(peer.peer_id, (0.0, 0.5))[1] * 2, 1.0), RETRY_MAX_S)
                 self._retry_at[peer.peer_id] = (time.monotonic() + delay, delay)
         return False
+
+    async def _rescore(self) -> None:
+        """Score the model we hold now and append it to the history."""
+        await self._evaluate()
+        self._record_round()
 
     async def _evaluate(self) -> None:
         self.progress.val = await asyncio.to_thread(self.trainer.evaluate, "val")

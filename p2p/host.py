@@ -58,13 +58,16 @@ def split_peer_addr(addr: str) -> tuple[str, str]:
 class Host:
     """libp2p + DHT for one node. Create with `await Host.start(...)`, end with `await host.close()`."""
 
-    def __init__(self, identity: Identity, p2p: P2P, dht: DHTNode, validator: RSASignatureValidator):
+    def __init__(
+        self, identity: Identity, p2p: P2P, dht: DHTNode, validator: RSASignatureValidator, rpc_timeout_s: float
+    ):
         self.identity = identity
         self.peer_id = identity.peer_id
         self._p2p = p2p
         self._dht = dht
         self._validator = validator
         self._closed = False
+        self._rpc_timeout_s = rpc_timeout_s
 
     @classmethod
     async def start(cls, identity: Identity, options: HostOptions) -> Host:
@@ -100,9 +103,7 @@ class Host:
         except BaseException:
             await p2p.shutdown()
             raise
-        host = cls(identity, p2p, dht, validator)
-        host._rpc_timeout_s = options.rpc_timeout_s
-        return host
+        return cls(identity, p2p, dht, validator, options.rpc_timeout_s)
 
     # --- addresses -------------------------------------------------------------------------
 
