@@ -21,5 +21,10 @@ class ProtocolViolation(P2PError):
     """A peer sent bytes that break the wire protocol."""
 
 
+class ModelRefused(ProtocolViolation):
+    """A well-formed model that the validation gate judged bad: refused, but no offence (non-IID
+    peers' honest models can look bad on our data), so it earns no rate-limiting strike."""
+
+
 class NotAuthorized(P2PError):
     """A peer is not allowed to do what it asked."""

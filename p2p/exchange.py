@@ -34,7 +34,7 @@ from typing import Protocol
 
 import numpy as np
 
-from p2p.errors import PeerUnavailable, ProtocolViolation
+from p2p.errors import ModelRefused, PeerUnavailable, ProtocolViolation
 from p2p.host import Host
 from p2p.penalty import BAN_S, PenaltyBox
 from p2p.wire import (
@@ -54,6 +54,12 @@ from p2p.wire import (
 log = logging.getLogger("fedswarm.exchange")
 
 GOSSIP_PROTOCOL = "/fedswarm/gossip/1"
+# Inbound streams one peer may hold open at once: an honest peer needs one (an exchange or a pull),
+# a second covers a retry racing a stream that is closing. More is a flood: refused, and a strike.
+MAX_STREAMS_PER_PEER = 2
+# All peers together: each open stream may hold up to a header (1 MiB) while it is read.
+MAX_INBOUND_STREAMS = 64
+MAX_CONCURRENT_PULLS = 4  # each pull served holds a copy of our model
 Arrays = dict[str, np.ndarray]
 Mix = Callable[[Sequence[tuple[Mapping[str, np.ndarray], float]]], Arrays]
 
@@ -137,6 +143,8 @@ class GossipExchange:
         # A node that aggregates robustly only pulls: a pairwise offer would mix a peer in at full weight.
         self._accept_offers = accept_offers
         self._lock = asyncio.Lock()  # one exchange at a time, as caller or callee
+        self._open_streams: Counter = Counter()  # peer -> inbound streams being served now
+        self._pulls = asyncio.Semaphore(MAX_CONCURRENT_PULLS)
         self.stats = ExchangeStats()
 
     async def start(self) -> None:
@@ -163,13 +171,15 @@ class GossipExchange:
         check_specs(parse_specs(header.get("tensors")), self._state.specs)
         return expect_weight(header), expect_round(header)
 
-    def _record(self, peer_id: str, role: str, outcome: Outcome, started: float, sent: int, reason="") -> Outcome:
+    def _record(
+        self, peer_id: str, role: str, outcome: Outcome, started: float, sent: int, reason="", strike=True
+    ) -> Outcome:
         self.stats.outcomes[outcome.value] += 1
         if outcome is Outcome.OK:
             self.stats.last_ok_at[peer_id] = time.monotonic()
         elif outcome is Outcome.REJECTED:
             self.stats.rejected_by_peer[peer_id] += 1
-            if role == "callee" and self._penalty.strike(peer_id):
+            if role == "callee" and strike and self._penalty.strike(peer_id):
                 log.warning("rejected %s exchange with %s: %s; refusing it for %.0f s", role, peer_id, reason, BAN_S)
             elif not self._penalty.banned(peer_id):
                 log.warning("rejected %s exchange with %s: %s", role, peer_id, reason)
@@ -181,7 +191,7 @@ class GossipExchange:
     async def _vetted(self, arrays: Arrays) -> None:
         reason = await asyncio.to_thread(self._vet, arrays)
         if reason is not None:
-            raise ProtocolViolation(f"validation gate: {reason}")
+            raise ModelRefused(f"validation gate: {reason}")
 
     # --- caller side ------------------------------------------------------------------------------
 
@@ -241,11 +251,28 @@ class GossipExchange:
     # --- callee side ------------------------------------------------------------------------------
 
     async def _serve(self, peer_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        started, sent = time.monotonic(), 0
+        started = time.monotonic()
         if self._penalty.banned(peer_id):
             self.stats.outcomes[Outcome.REJECTED.value] += 1
             self.stats.rejected_by_peer[peer_id] += 1
             return  # no answer, no log line: it was told once when the ban started
+        if self._open_streams[peer_id] >= MAX_STREAMS_PER_PEER:
+            self._record(peer_id, "callee", Outcome.REJECTED, started, 0, "too many streams at once (a flood)")
+            return
+        if self._open_streams.total() >= MAX_INBOUND_STREAMS:
+            return  # swamped by many peers: hang up without reading; honest callers try someone else
+        self._open_streams[peer_id] += 1
+        try:
+            await self._serve_stream(peer_id, reader, writer, started)
+        finally:
+            self._open_streams[peer_id] -= 1
+            if not self._open_streams[peer_id]:
+                del self._open_streams[peer_id]  # bounded: only peers with a stream open right now
+
+    async def _serve_stream(
+        self, peer_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, started: float
+    ) -> None:
+        sent = 0
         if not self._allowed(peer_id):
             # Refused before a byte of the payload is read: libp2p authenticated this peer ID.
             await _try_send(writer, encode_header("reject", reason="not a member of this swarm"))
@@ -271,7 +298,9 @@ class GossipExchange:
                     outcome, sent, reason = await self._accept(reader, writer, weight)
         except ProtocolViolation as e:
             await _try_send(writer, encode_header("reject", reason=str(e)))
-            self._record(peer_id, "callee", Outcome.REJECTED, started, sent, str(e))
+            self._record(
+                peer_id, "callee", Outcome.REJECTED, started, sent, str(e), strike=not isinstance(e, ModelRefused)
+            )
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as e:
             self._record(peer_id, "callee", Outcome.FAILED, started, sent, str(e) or type(e).__name__)
         else:  # skipped by the early returns (pull served, busy answered), which are not exchanges
@@ -283,7 +312,12 @@ class GossipExchange:
         await write_frame(writer, self._offer_header("accept", before))
         async with _sending(writer, before.arrays, self._handshake_s) as send:
             # a NaN (or a model the gate refuses) here -> reject, nothing applied
-            theirs = await read_tensors(reader, self._state.specs, self._handshake_s)
+            try:
+                theirs = await read_tensors(reader, self._state.specs, self._handshake_s)
+            except TimeoutError:
+                # We hold our one exchange slot for this peer: stalling here (slowloris) starves the
+                # swarm, so it is an offence, unlike a silent handshake, which holds nothing.
+                raise ProtocolViolation(f"stalled inside its model body for {self._handshake_s:g} s") from None
             await self._vetted(theirs)
             await send
         await write_frame(writer, encode_header("ready"))
@@ -298,9 +332,13 @@ class GossipExchange:
     async def _serve_pull(self, request: Mapping, writer: asyncio.StreamWriter) -> None:
         if request.get("fingerprint") != self._state.fingerprint:
             raise ProtocolViolation(f"pull for another model ({show(request.get('fingerprint'))})")
-        snap = await asyncio.to_thread(self._state.snapshot)
-        await write_frame(writer, self._offer_header("model", snap))
-        await write_tensors(writer, snap.arrays, self._handshake_s)
+        if self._pulls.locked():
+            await write_frame(writer, encode_header("busy"))
+            return
+        async with self._pulls:
+            snap = await asyncio.to_thread(self._state.snapshot)
+            await write_frame(writer, self._offer_header("model", snap))
+            await write_tensors(writer, snap.arrays, self._handshake_s)
 
     # --- late joiners -----------------------------------------------------------------------------
 
@@ -312,6 +350,9 @@ class GossipExchange:
                 try:
                     await write_frame(writer, encode_header("pull", fingerprint=self._state.fingerprint))
                     header = await read_header(reader, idle_timeout_s=self._handshake_s)
+                    if header["type"] == "busy":
+                        log.info("%s is serving other pulls; not pulling from it now", peer_id)
+                        return None
                     if header["type"] != "model":
                         raise ProtocolViolation(f"expected model, got {header['type']!r}: {show(header.get('reason'))}")
                     weight, round_ = self._check_model_header(header)

@@ -50,9 +50,11 @@ class NodeProcess:
         record_ttl_s: float = 4.0,
         command: list[str] | None = None,
         env: dict[str, str] | None = None,
+        module: str = "node",
     ):
         """`command` + `env` run a node exactly as given (e.g. a compose service); otherwise the
-        test defaults (loopback, free ports, short record lifetime) plus `args`."""
+        test defaults (loopback, free ports, short record lifetime) plus `args`. `module` is what
+        `python -m` runs: another release of the node, for instance (see tests/future_node.py)."""
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("addrs.txt", "control.txt"):
@@ -63,7 +65,7 @@ class NodeProcess:
             command += ["--control", "127.0.0.1:0", "--record-ttl-s", str(record_ttl_s), *args]
             if not any(a == "--listen" for a in args):
                 command += ["--listen", "/ip4/127.0.0.1/tcp/0"]
-        cmd = [sys.executable, "-m", "node", *command]
+        cmd = [sys.executable, "-m", module, *command]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDSWARM_")} | (env or {})
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
