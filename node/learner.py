@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from p2p.aio import wait_stopped
 from p2p.exchange import ExchangeRecord, GossipExchange, Outcome, Snapshot
 from p2p.membership import Membership, Peer
 from p2p.wire import specs_of
-from training.aggregate import ROBUST_RULES
+from training.aggregate import ROBUST_RULES, pairwise_mean
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.errors import TaskError
 from training.schedule import cosine_lr
@@ -39,7 +40,11 @@ IDLE_WAIT_S = 0.5  # with nobody to average with and nothing to train, do not sp
 WAIT_POLL_S = 0.5  # membership polls while waiting for min_peers
 DONE_REFRESH_S = 1.0  # how often a finished node re-scores a model that peers keep averaging into
 SETTLE_MAX_S = 30.0  # the final gossip-only exchanges give up after this long
-GATE_LOSS_FLOOR = 0.1  # nats: the gate never compares against a loss below this
+# The gate never compares against a loss below this fraction of our starting model's (about chance):
+# late in training honest mixes on skewed data can cost several times our tiny loss (measured on
+# digits, Dirichlet 0.5: 0.21 -> 1.17 nats) while a poisoned mix costs more than chance (>= 3 nats).
+GATE_FLOOR_FRACTION = 0.25
+START_LOSS_RATIO = 0.5  # a newcomer takes a peer's model only if it is clearly better on its own data
 RETRY_MAX_S = 30.0  # longest pause before retrying a peer whose exchanges failed
 
 
@@ -128,6 +133,8 @@ class Learner:
         torch.set_num_threads(self.cfg.torch_threads)
         self.task = load_task(task_spec(self.cfg, resolve_partition(self.cfg, host_peer_id)))
         self.trainer = build_trainer(self.cfg, self.task)
+        # The initial model's loss (about chance) sets the gate's floor; measured before any resume.
+        self.start_val_loss = self.trainer.evaluate("val")["loss"] if self.cfg.gate_factor > 0 else math.nan
         self.state = ModelStateAdapter(self.trainer, self.cfg.weight, 0)
         self.progress = Progress()
         self.exchange: GossipExchange | None = None
@@ -135,6 +142,7 @@ class Learner:
         self._retry_at: dict[str, tuple[float, float]] = {}  # peer -> (monotonic time, current delay)
         self.history = MetricsLog(config.data_dir / METRICS_FILE)
         self.ready = self.cfg.min_peers == 0  # see wait_for_peers
+        self.pulled_mixes = 0
 
     # --- what the node shows ----------------------------------------------------------------------
 
@@ -160,6 +168,7 @@ class Learner:
             "train": {**self.progress.val, "train_loss": self.progress.train_loss},
             "test": dict(self.progress.test),
             "exchanges": self.exchange.stats.as_json() if self.exchange else {o.value: 0 for o in Outcome},
+            "pulled_mixes": self.pulled_mixes,  # one-sided: robust rounds, mixes with finished peers
         }
 
     # --- start: resume, or copy a live peer, or start fresh -------------------------------------
@@ -185,21 +194,52 @@ class Learner:
         return True
 
     async def start_from_peer(self, stop: asyncio.Event) -> None:
-        """A newcomer to a swarm that is already training copies a live peer's model first."""
+        """A newcomer to a swarm that is already training starts from a live peer's model.
+
+        It pulls up to PEERS_TRIED_PER_ROUND of them (most advanced first) and takes the one with the
+        lowest loss on its own validation split, and only if that loss is at most START_LOSS_RATIO of
+        its own model's: trusting the first peer that answers let one poisoner hand every newcomer its
+        model (measured: a constant model, pulled at start, left all 5 honest nodes of a digits swarm
+        at 0.10 accuracy), and a useless model can still beat a fresh one (a constant model scores
+        exactly chance, ln 10 on digits; fresh models scored 2.26-2.4).
+        """
         if not (self.config.p2p.join or self.config.p2p.join_file) or self.cfg.pull_wait_s <= 0:
             return
+        # Peers' offers would mix their models into ours meanwhile, and then no pulled model looks better.
+        steady, self.exchange.refuse_offers = self.exchange.refuse_offers, "this node is still choosing its start"
+        try:
+            await self._choose_start(stop)
+        finally:
+            self.exchange.refuse_offers = steady
+
+    async def _choose_start(self, stop: asyncio.Event) -> None:
         deadline = time.monotonic() + self.cfg.pull_wait_s
         while time.monotonic() < deadline and not stop.is_set():
             candidates = [p for p in self._partners() if int(p.record.info.get("round", 0)) > 0]
-            for peer in sorted(candidates, key=lambda p: -int(p.record.info.get("round", 0))):
+            candidates.sort(key=lambda p: -int(p.record.info.get("round", 0)))
+            pulled = []
+            for peer in candidates[:PEERS_TRIED_PER_ROUND]:
                 snap = await self.exchange.pull(peer.peer_id, peer.record.addrs)
                 if snap is not None:
-                    await asyncio.to_thread(self.trainer.load_arrays, snap.arrays)
-                    self.state.round = snap.round
-                    self.progress.started_from = f"peer {peer.peer_id}"
-                    await self.measure_start()
-                    log.info("starting from the model of %s at round %d", peer.peer_id, snap.round)
+                    loss = (await asyncio.to_thread(self.trainer.evaluate_arrays, snap.arrays, "val"))["loss"]
+                    pulled.append((loss, peer.peer_id, snap))
+            if pulled:
+                own = (await asyncio.to_thread(self.trainer.evaluate, "val"))["loss"]
+                loss, peer_id, snap = min(pulled, key=lambda p: p[0] if math.isfinite(p[0]) else math.inf)
+                if not loss <= START_LOSS_RATIO * own:
+                    log.warning(
+                        "not starting from a peer's model: the best of %d pulled has validation loss %.3g, ours %.3g",
+                        len(pulled),
+                        loss,
+                        own,
+                    )
                     return
+                await asyncio.to_thread(self.trainer.load_arrays, snap.arrays)
+                self.state.round = snap.round
+                self.progress.started_from = f"peer {peer_id}"
+                await self.measure_start()
+                log.info("starting from the model of %s at round %d (validation loss %.3g)", peer_id, snap.round, loss)
+                return
             if self.membership.peers():
                 return  # peers are there but none has trained yet: start together from the init
             await asyncio.sleep(0.25)
@@ -234,15 +274,30 @@ class Learner:
     def vet(self, arrays: dict[str, np.ndarray]) -> str | None:
         """The validation gate (a local vote, no stake or chain): a reason to refuse a peer's model, or None.
 
-        Runs in a worker thread during an exchange. A floor on our own loss keeps a well-trained node from
-        refusing honest peers whose loss is merely a little higher on our (skewed) data.
+        Scores what we would hold after taking it in, the even mix of its model and ours, not its model
+        alone: on our skewed validation split an honest peer's own model often looks far worse than ours
+        (measured on digits, Dirichlet 0.5: 9x our loss after 50 steps) while the mix is about as good,
+        so scoring raw models refused honest partners and split the swarm (0.78 accuracy, no attacker).
+        The mix is refused if its loss is above either limit:
+          - gate_factor x our loss, where our loss counts as at least GATE_FLOOR_FRACTION of the initial
+            model's (a well-trained node must not refuse honest mixes that are merely a little worse);
+          - the initial model's loss (about chance), or ours if we are worse than that: a mix that is
+            worse than knowing nothing is never help. This is what holds early, when our own loss is
+            near chance and factor x ours would let a sign-flipped model in (measured: 0.87 accuracy).
+        Runs in a worker thread during an exchange.
         """
         if self.cfg.gate_factor <= 0:
             return None
-        ours = self.trainer.evaluate("val")["loss"]
-        theirs = self.trainer.evaluate_arrays(arrays, "val")["loss"]
-        if not theirs <= self.cfg.gate_factor * max(ours, GATE_LOSS_FLOOR):  # NaN counts as refused
-            return f"its validation loss {theirs:.3g} exceeds {self.cfg.gate_factor:g} x ours ({ours:.3g})"
+        ours = self.trainer.named_arrays()
+        own_loss = self.trainer.evaluate_arrays(ours, "val")["loss"]
+        mixed_loss = self.trainer.evaluate_arrays(pairwise_mean([(ours, 1.0), (arrays, 1.0)]), "val")["loss"]
+        fresh = self.start_val_loss
+        limit = min(self.cfg.gate_factor * max(own_loss, GATE_FLOOR_FRACTION * fresh), max(fresh, own_loss))
+        if not mixed_loss <= limit:  # NaN counts as refused
+            return (
+                f"mixing in its model would take our validation loss from {own_loss:.3g} to {mixed_loss:.3g} "
+                f"(limit {limit:.3g})"
+            )
         return None
 
     def record_exchange(self, record: ExchangeRecord) -> None:
@@ -305,14 +360,16 @@ class Learner:
         if stop.is_set():
             return
         await self._settle(stop)
+        self.exchange.refuse_offers = "this node has finished training; pull its model instead"
         self.progress.done = True
+        await self.membership.publish()  # now, so that peers stop offering at once
         await self.save()
         log.info(
-            "finished %d rounds: test accuracy %.4f; still answering peers until stopped",
+            "finished %d rounds: test accuracy %.4f; serving the final model to peers until stopped",
             self.state.round,
             self.progress.test.get("accuracy", float("nan")),
         )
-        # Peers may still average with us: keep the shown metrics true to the model we hold.
+        # An exchange already under way when we finished may still apply: keep the metrics true to our model.
         seen = self.state.version
         while not await wait_stopped(stop, DONE_REFRESH_S):
             if self.state.version != seen:
@@ -352,26 +409,55 @@ class Learner:
         """
         peers = self._partners()
         random.shuffle(peers)
-        pulled = []
-        for peer in peers[: self.cfg.robust_k]:
-            snap = await self.exchange.pull(peer.peer_id, peer.record.addrs)
-            if snap is not None and (reason := await asyncio.to_thread(self.vet, snap.arrays)) is None:
-                pulled.append(snap.arrays)
-            elif snap is not None:
-                log.warning("robust round: refused the model of %s: %s", peer.peer_id, reason)
+        pulled = [snap.arrays for peer in peers[: self.cfg.robust_k] if (snap := await self._pull_vetted(peer))]
         if not pulled:
             return False
-        before = await asyncio.to_thread(self.state.snapshot)
         rule = ROBUST_RULES[self.cfg.robust]
-        models = [(before.arrays, 1.0)] + [(arrays, 1.0) for arrays in pulled]
-        combined = await asyncio.to_thread(rule, models, own=before.arrays)
-        await asyncio.to_thread(self.state.apply, before, combined, self.state.weight)
+        await self._apply_one_sided(
+            lambda ours: rule([(ours.arrays, 1.0)] + [(a, 1.0) for a in pulled], own=ours.arrays)
+        )
         return True
 
+    async def _mix_in_finished(self, finished: list[Peer]) -> bool:
+        """Every partner has finished (and keeps its final model): average with one's model one-sidedly."""
+        snap = await self._pull_vetted(random.choice(finished))
+        if snap is None:
+            return False
+        await self._apply_one_sided(
+            lambda ours: pairwise_mean([(ours.arrays, ours.weight), (snap.arrays, snap.weight)])
+        )
+        return True
+
+    async def _pull_vetted(self, peer: Peer) -> Snapshot | None:
+        """A peer's model, if it answers and the validation gate lets it in (a refusal counts against it)."""
+        snap = await self.exchange.pull(peer.peer_id, peer.record.addrs)
+        if snap is None:
+            return None
+        if (reason := await asyncio.to_thread(self.vet, snap.arrays)) is not None:
+            self.exchange.stats.rejected_by_peer[peer.peer_id] += 1
+            log.warning("refused the model pulled from %s: %s", peer.peer_id, reason)
+            return None
+        return snap
+
+    async def _apply_one_sided(self, combine) -> None:
+        """Move our model to combine(our snapshot), keeping what the trainer learnt meanwhile; our weight stays."""
+        before = await asyncio.to_thread(self.state.snapshot)
+        combined = await asyncio.to_thread(combine, before)
+        await asyncio.to_thread(self.state.apply, before, combined, before.weight)
+        self.pulled_mixes += 1
+
     async def _exchange_once(self) -> bool:
-        """Average with one peer: random, preferring those not averaged with recently."""
+        """Average with one peer that is still training: random, preferring those not averaged with
+        recently. A finished peer refuses offers (its model is final), so with only finished peers left
+        we mix one of their models into ours instead: a straggler (a node that crashed and came back)
+        must not drag the finished swarm toward its own data (measured: 0.958 -> 0.897 accuracy)."""
+        partners = self._partners()
+        training = [p for p in partners if not p.record.info.get("done")]
+        if not training:
+            finished = [p for p in partners if p.record.info.get("done")]
+            return await self._mix_in_finished(finished) if finished else False
         now = time.monotonic()
-        peers = [p for p in self._partners() if self._retry_at.get(p.peer_id, (0.0, 0.0))[0] <= now]
+        peers = [p for p in training if self._retry_at.get(p.peer_id, (0.0, 0.0))[0] <= now]
         if not peers:
             return False
         last_ok = self.exchange.stats.last_ok_at

@@ -40,6 +40,11 @@ class NodeCollector(Collector):
         for outcome, count in status["exchanges"].items():
             exchanges.add_metric([outcome], count)
         yield exchanges
+        yield CounterMetricFamily(
+            "fedswarm_pulled_mixes",
+            "One-sided mixes of pulled models (robust rounds, finished peers)",
+            value=status["pulled_mixes"],
+        )
         for split, name in (("train", "validation"), ("test", "test")):
             for key in ("loss", "accuracy"):
                 value = status[split].get(key)

@@ -125,7 +125,7 @@ class GossipExchange:
         on_record: Callable[[ExchangeRecord], None] = lambda record: None,
         allowed: Callable[[str], bool] = lambda peer_id: True,
         vet: Callable[[Arrays], str | None] = lambda arrays: None,
-        accept_offers: bool = True,
+        refuse_offers: str = "",
     ):
         self._host = host
         self._state = state
@@ -140,8 +140,10 @@ class GossipExchange:
         self._penalty = PenaltyBox()  # peers that keep sending garbage are refused for a while
         # The validation gate: a reason to refuse a well-formed but bad model (runs in a worker thread).
         self._vet = vet
-        # A node that aggregates robustly only pulls: a pairwise offer would mix a peer in at full weight.
-        self._accept_offers = accept_offers
+        # Why this node answers pairwise offers with a refusal ("" = it accepts them): a node that
+        # aggregates robustly only pulls (an offer would mix a peer in at full weight), and a node
+        # that has finished keeps its final model. Either may change while the node runs.
+        self.refuse_offers = refuse_offers
         self._lock = asyncio.Lock()  # one exchange at a time, as caller or callee
         self._open_streams: Counter = Counter()  # peer -> inbound streams being served now
         self._pulls = asyncio.Semaphore(MAX_CONCURRENT_PULLS)
@@ -287,8 +289,8 @@ class GossipExchange:
                     return
                 if request["type"] != "offer":
                     raise ProtocolViolation(f"unexpected request {show(request['type'])}")
-                if not self._accept_offers:
-                    await write_frame(writer, encode_header("reject", reason="this node only pulls (robust mode)"))
+                if self.refuse_offers:
+                    await write_frame(writer, encode_header("reject", reason=self.refuse_offers))
                     return
                 weight, _ = self._check_model_header(request)
                 if self._lock.locked():

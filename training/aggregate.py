@@ -202,7 +202,27 @@ def _trimmed_mean_rule(
 def _centered_clip_rule(
     models: Sequence[tuple[Mapping[str, np.ndarray], float]], *, own: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    return centered_clip(models, own)
+    return centered_clip(models, own, tau=clip_radius(models, own))
+
+
+def clip_radius(models: Sequence[tuple[Mapping[str, np.ndarray], float]], own: Mapping[str, np.ndarray]) -> float:
+    """The node's clipping radius: the median distance of the models from its own (own included, at 0).
+
+    A fixed radius is wrong at every scale but one: tau = 1 let a constant model drag a digits MLP
+    (parameter norm ~7 at the start) into divergence (measured: 0.10 test accuracy on 5 honest nodes of 6). The
+    paper sets tau from the spread of honest updates; with fewer than half the models hostile, the
+    median distance is such a spread, so honest peers pass nearly unclipped and a far model moves us
+    by at most that much / n per iteration. Never 0 (that would freeze v): falls back to the mean
+    finite distance, then to 1.
+    """
+    distances = [
+        _l2_norm({k: np.asarray(m[k], np.float64) - np.asarray(own[k], np.float64) for k in own}) for m, _ in models
+    ]
+    finite = [d for d in distances if math.isfinite(d)]
+    for tau in (np.median(finite), np.mean(finite)) if finite else ():
+        if tau > 0:
+            return float(tau)
+    return 1.0
 
 
 # Read-only, so no caller can change another's rules at run time.

@@ -50,12 +50,14 @@ def test_six_nodes_gossip_to_the_weighted_mean_of_their_starting_models(start_no
         }
 
     target = weighted_mean(starts, weights)
-    gossip_only = ("--no-train", "--rounds", "25", "--min-peers", "5", *FAST)
+    # No round limit: a node that finishes keeps its final model and others only pull it (one-sided,
+    # not conserving), so the swarm is stopped instead, once every node has averaged plenty.
+    gossip_only = ("--no-train", "--min-peers", "5", *FAST)
     first = start_node("n0", *gossip_only)
     nodes = [first] + [start_node(f"n{i}", *gossip_only, "--join", first.addrs[0]) for i in range(1, 6)]
     assert all(n.status()["started_from"] == "checkpoint" for n in nodes)
     for node in nodes:
-        wait_until(lambda n=node: n.status()["done"], timeout_s=150, what=f"{node.data_dir.name} to finish")
+        wait_until(lambda n=node: exchanges_ok(n) >= 40, timeout_s=150, what=f"{node.data_dir.name} to average")
     for node in nodes:
         assert node.terminate() == 0  # writes the final checkpoint
 

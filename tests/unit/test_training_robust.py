@@ -10,6 +10,7 @@ import pytest
 from training.aggregate import (
     ROBUST_RULES,
     centered_clip,
+    clip_radius,
     coordinate_median,
     trimmed_mean,
     weighted_mean,
@@ -158,12 +159,13 @@ def test_centered_clip_clips_deltas_too_big_to_square() -> None:
     np.testing.assert_allclose(result["w"], [0.6, 0.8], rtol=1e-12)
 
 
-def test_rules_table_uses_own_as_the_center_of_centered_clip() -> None:
+def test_rules_table_uses_own_as_the_center_of_centered_clip_with_the_median_distance_as_radius() -> None:
     models = random_models(6, seed=6, spread=3.0)
     own = models[2][0]
+    tau = clip_radius(models, own)
     for name in ("w", "b"):
         np.testing.assert_array_equal(
-            ROBUST_RULES["centered_clip"](models, own=own)[name], centered_clip(models, own)[name]
+            ROBUST_RULES["centered_clip"](models, own=own)[name], centered_clip(models, own, tau=tau)[name]
         )
     assert set(ROBUST_RULES) == {"median", "trimmed_mean", "centered_clip"}
     with pytest.raises(TypeError):
@@ -209,3 +211,15 @@ def test_trimmed_mean_rejects_bad_trim_ratio(ratio: float) -> None:
 def test_centered_clip_rejects_bad_arguments(center: dict, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         centered_clip([(GOOD, 1.0)], center, **kwargs)
+
+
+def test_clip_radius_is_the_median_distance_from_own_and_never_zero() -> None:
+    own = {"w": np.zeros(3, np.float32)}
+    at = [{"w": np.array([d, 0, 0], np.float32)} for d in (0.0, 1.0, 2.0, 50.0, np.nan)]
+    # own itself (0), 1, 2, a far model (50) and a NaN one (ignored): the median of 0, 1, 2, 50
+    assert clip_radius([(m, 1.0) for m in at], own) == pytest.approx(1.5)
+    # However far the outlier, it shifts the median by one rank only: 1.5 above, 1 without it.
+    assert clip_radius([(m, 1.0) for m in at[:3]], own) == pytest.approx(1.0)
+    # Most models equal to own: the median is 0, which would freeze v; the mean distance is used.
+    assert clip_radius([(at[0], 1.0), (at[0], 1.0), (at[2], 1.0)], own) == pytest.approx(2 / 3)
+    assert clip_radius([(at[0], 1.0)], own) == 1.0  # nothing to measure: the paper's default
