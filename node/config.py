@@ -105,7 +105,7 @@ class TrainingConfig:
     final_exchanges: int = 3  # gossip-only exchanges after the last round, so no node ends on a local drift
     robust: str = ""  # "" = pairwise gossip mean; median | trimmed_mean | centered_clip: pull k models, combine
     robust_k: int = 4
-    gate_factor: float = 0.0  # refuse a peer's model whose val loss is above this x ours (0 = no gate)
+    gate_factor: float = 0.0  # refuse a peer's model if the mix's val loss is above this x ours (0 = no gate)
     checkpoint_every: int = 10  # rounds
     exchange_timeout_s: float = 30.0
     min_peers: int = 0  # wait for this many live peers before the first round (testnets start together)
@@ -635,8 +635,8 @@ _TRAINING_SETTINGS: tuple[tuple[str, Kind, str, Callable[[Any], Any] | None, tup
     (
         "gate_factor",
         FLOAT,
-        "Validation gate: refuse a peer's model whose loss on our validation split exceeds this many times ours "
-        "(0 = off).",
+        "Validation gate: refuse a peer's model if mixing it into ours would raise our validation loss above "
+        "this many times ours, or above a fresh model's (0 = off).",
         _finite_ge0,
         (),
     ),

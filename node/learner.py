@@ -451,15 +451,13 @@ class Learner:
         recently. A finished peer refuses offers (its model is final), so with only finished peers left
         we mix one of their models into ours instead: a straggler (a node that crashed and came back)
         must not drag the finished swarm toward its own data (measured: 0.958 -> 0.897 accuracy)."""
-        partners = self._partners()
-        training = [p for p in partners if not p.record.info.get("done")]
-        if not training:
+        partners, now = self._partners(), time.monotonic()
+        peers = [
+            p for p in partners if not p.record.info.get("done") and self._retry_at.get(p.peer_id, (0.0, 0.0))[0] <= now
+        ]
+        if not peers:  # all finished, or backing off (a refused attacker never finishes: do not wait on it)
             finished = [p for p in partners if p.record.info.get("done")]
             return await self._mix_in_finished(finished) if finished else False
-        now = time.monotonic()
-        peers = [p for p in training if self._retry_at.get(p.peer_id, (0.0, 0.0))[0] <= now]
-        if not peers:
-            return False
         last_ok = self.exchange.stats.last_ok_at
         random.shuffle(peers)
         peers.sort(key=lambda p: last_ok.get(p.peer_id, 0.0))  # stable: random among equals

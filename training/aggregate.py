@@ -208,12 +208,11 @@ def _centered_clip_rule(
 def clip_radius(models: Sequence[tuple[Mapping[str, np.ndarray], float]], own: Mapping[str, np.ndarray]) -> float:
     """The node's clipping radius: the median distance of the models from its own (own included, at 0).
 
-    A fixed radius is wrong at every scale but one: tau = 1 let a constant model drag a digits MLP
-    (parameter norm ~7 at the start) into divergence (measured: 0.10 test accuracy on 5 honest nodes of 6). The
-    paper sets tau from the spread of honest updates; with fewer than half the models hostile, the
-    median distance is such a spread, so honest peers pass nearly unclipped and a far model moves us
-    by at most that much / n per iteration. Never 0 (that would freeze v): falls back to the mean
-    finite distance, then to 1.
+    A fixed radius is right at one scale only (a digits MLP starts with parameter norm ~7; a large
+    model's honest peers may sit hundreds apart). The paper sets tau from the spread of honest
+    updates; with fewer than half the models hostile, the median distance is such a spread, so honest
+    peers pass nearly unclipped and a far model moves us by at most that much / n per iteration.
+    Never 0 (that would freeze v): falls back to the mean finite distance, then to 1.
     """
     distances = [
         _l2_norm({k: np.asarray(m[k], np.float64) - np.asarray(own[k], np.float64) for k in own}) for m, _ in models

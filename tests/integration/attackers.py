@@ -114,9 +114,11 @@ def honest_accuracies(workdir: Path, node_args: tuple[str, ...], attack: str | N
             model = PoisonedModel(attack, digits_arrays(), first.status()["model_fingerprint"])
             poisoner = attacker(model, workdir / "attacker-identity", "itest", first.addrs[0])
         with poisoner:
-            for i in range(1, honest):
+            for i in range(1, honest):  # started together, waited for below: process start-up is slow
                 args = ("--join", first.addrs[0], "--partition", f"{i}/{honest}", *common)
-                nodes.append(NodeProcess(workdir / f"n{i}", *args).wait_ready())
+                nodes.append(NodeProcess(workdir / f"n{i}", *args))
+            for node in nodes[1:]:
+                node.wait_ready()
             for node in nodes:
                 wait_until(lambda n=node: n.status()["done"], timeout_s=240, what=f"{node.data_dir.name} to finish")
             return [node.status()["test"]["accuracy"] for node in nodes]
