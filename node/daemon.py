@@ -243,7 +243,7 @@ class Node:
             on_record=self.learner.record_exchange,
             allowed=self.members.allowed,
             vet=self.learner.vet,
-            refuse_offers="this node only pulls (robust mode)" if self.config.training.robust else "",
+            offer_refusal=self.learner.offer_refusal,
         )
         self.learner.exchange = exchange
         await self.learner.measure_start()

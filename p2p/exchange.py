@@ -125,7 +125,7 @@ class GossipExchange:
         on_record: Callable[[ExchangeRecord], None] = lambda record: None,
         allowed: Callable[[str], bool] = lambda peer_id: True,
         vet: Callable[[Arrays], str | None] = lambda arrays: None,
-        refuse_offers: str = "",
+        offer_refusal: Callable[[int], str] = lambda their_round: "",
     ):
         self._host = host
         self._state = state
@@ -140,10 +140,10 @@ class GossipExchange:
         self._penalty = PenaltyBox()  # peers that keep sending garbage are refused for a while
         # The validation gate: a reason to refuse a well-formed but bad model (runs in a worker thread).
         self._vet = vet
-        # Why this node answers pairwise offers with a refusal ("" = it accepts them): a node that
-        # aggregates robustly only pulls (an offer would mix a peer in at full weight), and a node
-        # that has finished keeps its final model. Either may change while the node runs.
-        self.refuse_offers = refuse_offers
+        # Why this node refuses a pairwise offer from a peer at round r ("" = it accepts): a node that
+        # aggregates robustly only pulls (an offer would mix a peer in at full weight), a finished
+        # node keeps its final model from peers still training. The answer may change as it runs.
+        self._offer_refusal = offer_refusal
         self._lock = asyncio.Lock()  # one exchange at a time, as caller or callee
         self._open_streams: Counter = Counter()  # peer -> inbound streams being served now
         self._pulls = asyncio.Semaphore(MAX_CONCURRENT_PULLS)
@@ -289,10 +289,10 @@ class GossipExchange:
                     return
                 if request["type"] != "offer":
                     raise ProtocolViolation(f"unexpected request {show(request['type'])}")
-                if self.refuse_offers:
-                    await write_frame(writer, encode_header("reject", reason=self.refuse_offers))
+                weight, their_round = self._check_model_header(request)
+                if refusal := self._offer_refusal(their_round):
+                    await write_frame(writer, encode_header("reject", reason=refusal))
                     return
-                weight, _ = self._check_model_header(request)
                 if self._lock.locked():
                     await write_frame(writer, encode_header("busy"))
                     return
