@@ -28,7 +28,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.integration.attackers import ATTACKS, honest_accuracies  # noqa: E402
+from tests.integration.attackers import ATTACKS, POISONING_SWARM, honest_accuracies  # noqa: E402
 
 RESULTS_PATH = REPO_ROOT / "bench" / "results" / "poisoning.json"
 HONEST = 5
@@ -39,7 +39,6 @@ DEFENCES = {
     "trimmed_mean": ("--robust", "trimmed_mean", "--robust-k", "4"),
     "centered_clip": ("--robust", "centered_clip", "--robust-k", "4"),
 }
-SWARM_ARGS = ("--rounds", "120", "--alpha", "0.5", "--lr", "0.1", "--record-ttl-s", "4", "--pull-wait-s", "5")
 
 
 def main() -> None:
@@ -56,7 +55,7 @@ def main() -> None:
         for attack in attacks:
             started = time.monotonic()
             with tempfile.TemporaryDirectory(prefix="fedswarm-poisoning-") as workdir:
-                node_args = (*SWARM_ARGS, *DEFENCES[defence])
+                node_args = (*POISONING_SWARM, *DEFENCES[defence])
                 acc = honest_accuracies(Path(workdir), node_args, None if attack == "none" else attack, HONEST)
             wall = time.monotonic() - started
             rows.append({"defence": defence, "attack": attack, "accuracies": acc, "wall_s": round(wall, 1)})
@@ -68,7 +67,11 @@ def main() -> None:
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-        "setup": {"honest_nodes": HONEST, "swarm_args": SWARM_ARGS, "defences": {d: DEFENCES[d] for d in defences}},
+        "setup": {
+            "honest_nodes": HONEST,
+            "swarm_args": POISONING_SWARM,
+            "defences": {d: DEFENCES[d] for d in defences},
+        },
         "rows": rows,
     }
     RESULTS_PATH.write_text(json.dumps(report, indent=2) + "\n")

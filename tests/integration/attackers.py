@@ -98,6 +98,11 @@ def attacker(state: PoisonedModel, identity_path: Path, swarm: str, join_addr: s
         thread.join(20)
 
 
+# The swarm that tests/integration/test_poisoning.py and bench/poisoning.py both run (Dirichlet 0.5
+# parts of digits, 120 rounds; short record lifetime and pull wait, as in the other swarm tests).
+POISONING_SWARM = ("--rounds", "120", "--alpha", "0.5", "--lr", "0.1", "--record-ttl-s", "4", "--pull-wait-s", "5")
+
+
 def honest_accuracies(workdir: Path, node_args: tuple[str, ...], attack: str | None, honest: int = 5) -> list[float]:
     """A digits swarm of `honest` node processes (each with part i of `honest`), plus a poisoner
     unless `attack` is None; runs it to the end and returns the honest nodes' test accuracy."""

@@ -14,12 +14,11 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from tests.integration.attackers import POISONING_SWARM as SWARM
 from tests.integration.attackers import honest_accuracies
-from tests.integration.test_gossip_training import FAST
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
-SWARM = ("--rounds", "120", "--alpha", "0.5", "--lr", "0.1", *FAST)
 GATE = ("--gate-factor", "3")
 TOLERANCE = 0.03  # no honest node ends more than this below its counterpart in the swarm without the attacker
 HURT = 0.10  # the plain mean under attack loses at least this much mean accuracy
