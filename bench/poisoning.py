@@ -2,13 +2,13 @@
 
 For each defence (none = the plain gossip mean, the validation gate, the robust rules) and each
 attack (none, sign-flipped x10, Gaussian noise, a constant model), one swarm of 5 honest node
-processes (Dirichlet 0.5 partitions of digits, 120 rounds) plus, unless the attack is "none", one
+processes (Dirichlet 0.5 partitions of digits, 300 rounds) plus, unless the attack is "none", one
 malicious member: a real libp2p host that speaks the protocol correctly and always serves its
 poisoned model (tests/integration/attackers.py). Reported: the honest nodes' test accuracy.
 
 Starts libp2p daemons, so run it in a loopback-only namespace:
 
-    ../shared/tools/inns .venv/bin/python bench/poisoning.py [--defences none,gate] [--attacks ...]
+    ../shared/tools/inns .venv/bin/python bench/poisoning.py [--defences none,gate] [--attacks ...] [--repeat N]
 
 Prints a table and writes bench/results/poisoning.json. About 30 s per cell on 2 cores.
 """
@@ -47,12 +47,13 @@ def main() -> None:
     parser.add_argument(
         "--attacks", default="none," + ",".join(ATTACKS), help=f"comma-separated: none, {list(ATTACKS)}"
     )
+    parser.add_argument("--repeat", type=int, default=1, help="runs per cell (to see the run-to-run spread)")
     args = parser.parse_args()
     defences, attacks = args.defences.split(","), args.attacks.split(",")
     rows = []
     print(f"{'defence':14s} {'attack':14s} {'mean':>6s} {'min':>6s} {'max':>6s} {'wall s':>7s}", flush=True)
     for defence in defences:
-        for attack in attacks:
+        for attack in attacks * args.repeat:
             started = time.monotonic()
             with tempfile.TemporaryDirectory(prefix="fedswarm-poisoning-") as workdir:
                 node_args = (*POISONING_SWARM, *DEFENCES[defence])

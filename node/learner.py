@@ -122,6 +122,7 @@ class Progress:
     test: dict[str, float] = field(default_factory=dict)
     started_from: str = "init"  # "init" | "checkpoint" | "peer <id>"
     start_test: dict[str, float] = field(default_factory=dict)  # test metrics of the model we started from
+    scored_version: int = -1  # the model version (applied exchanges) that val and test were measured on
 
 
 class Learner:
@@ -168,6 +169,9 @@ class Learner:
             # loss and accuracy on the local validation split; train_loss is the last rounds' mean batch loss
             "train": {**self.progress.val, "train_loss": self.progress.train_loss},
             "test": dict(self.progress.test),
+            # Whether train and test above are of the model held now. Only ever true once done (a training
+            # model moves every step), and false for up to DONE_REFRESH_S after a peer's late exchange.
+            "scores_current": self.progress.done and self.progress.scored_version == self.state.version,
             "exchanges": self.exchange.stats.as_json() if self.exchange else {o.value: 0 for o in Outcome},
             "pulled_mixes": self.pulled_mixes,  # one-sided: robust rounds, mixes with finished peers
         }
@@ -382,11 +386,10 @@ class Learner:
             self.progress.test.get("accuracy", float("nan")),
         )
         # An exchange already under way when we finished may still apply: keep the metrics true to our model.
-        seen = self.state.version
         while not await wait_stopped(stop, DONE_REFRESH_S):
-            if self.state.version != seen:
-                seen = self.state.version
+            if self.progress.scored_version != self.state.version:
                 await self._rescore()  # the history's last word is the model we hold, not the last round
+                await self.save()  # and a crash now restarts from it
 
     async def _settle(self, stop: asyncio.Event) -> None:
         """After the last round, average a few more times without training: each round ends on a local
@@ -497,8 +500,10 @@ class Learner:
         self._record_round()
 
     async def _evaluate(self) -> None:
+        version = self.state.version  # read first: an exchange applied while we score makes the scores stale
         self.progress.val = await asyncio.to_thread(self.trainer.evaluate, "val")
         self.progress.test = await asyncio.to_thread(self.trainer.evaluate, "test")
+        self.progress.scored_version = version
 
     async def save(self) -> None:
         snap = await asyncio.to_thread(self.state.snapshot)

@@ -4,11 +4,13 @@ returning nodes resume from their checkpoints, and the swarm ends where it would
 from __future__ import annotations
 
 import itertools
+import statistics
 
 import pytest
 
 from node.metrics_log import METRICS_FILE, read_metrics
 from tests.integration.test_gossip_training import FAST
+from tests.nodeproc import final_test_accuracies
 from tests.polling import wait_until
 from training.checkpoint import load_checkpoint
 
@@ -30,21 +32,21 @@ def start_swarm(start_node, prefix: str) -> list:
     ]
 
 
-def wait_done(nodes) -> list[float]:
-    for node in nodes:
-        wait_until(lambda n=node: n.status()["done"], timeout_s=240, what=f"{node.data_dir.name} to finish")
-    return [node.status()["test"]["accuracy"] for node in nodes]
-
-
 def longest_stall_s(node) -> float:
-    """The longest time between two consecutive rounds of this node (a round = train + one exchange)."""
-    times = [e["t"] for e in read_metrics(node.data_dir / METRICS_FILE) if e["event"] == "round" and e["round"] > 0]
-    return max(b - a for a, b in itertools.pairwise(times))
+    """The longest time between two consecutive rounds of this node (a round = train + one exchange).
+
+    Counted from the first record of each round: a finished node records its last round again each time
+    it rescores a late exchange, and those records are not rounds."""
+    first_seen: dict[int, float] = {}
+    for e in read_metrics(node.data_dir / METRICS_FILE):
+        if e["event"] == "round" and e["round"] > 0:
+            first_seen.setdefault(e["round"], e["t"])
+    return max(b - a for a, b in itertools.pairwise(first_seen.values()))
 
 
 def test_two_crashed_nodes_resume_and_the_swarm_ends_as_without_churn(start_node, tmp_path):
     calm = start_swarm(start_node, "calm")
-    calm_accuracy = wait_done(calm)
+    calm_accuracy = final_test_accuracies(calm)
     for node in calm:
         assert node.terminate() == 0
 
@@ -75,12 +77,15 @@ def test_two_crashed_nodes_resume_and_the_swarm_ends_as_without_churn(start_node
         )
         assert status["round"] == resumed_from[index] >= at_round - 10  # its last checkpoint, not a fresh start
 
-    churn_accuracy = wait_done(nodes)
+    churn_accuracy = final_test_accuracies(nodes)
     for index, _ in CRASHES:  # they came back to the swarm, not just to their own training
         status = nodes[index].status()
         assert status["exchanges"]["ok"] + status["pulled_mixes"] > 0
     for index, node in enumerate(nodes):
         if index not in dict(CRASHES):
             assert longest_stall_s(node) <= 2 * EXCHANGE_TIMEOUT_S, node.data_dir.name
-    for index, (calm_acc, churn_acc) in enumerate(zip(calm_accuracy, churn_accuracy, strict=True)):
-        assert abs(churn_acc - calm_acc) <= 0.02, (index, calm_accuracy, churn_accuracy)
+    # Against the undisturbed swarm's mean, not node i's own accuracy there: the nodes end on a common
+    # model, so node i of one run is no closer to node i of another than to any of its nodes.
+    calm_mean = statistics.fmean(calm_accuracy)
+    for index, churn_acc in enumerate(churn_accuracy):
+        assert abs(churn_acc - calm_mean) <= 0.02, (index, calm_accuracy, churn_accuracy)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -11,7 +12,12 @@ import pytest
 
 from node.config import TrainingConfig
 from node.learner import build_trainer, task_spec
+from p2p.exchange import GossipExchange, Outcome, Snapshot
+from p2p.host import Host, HostOptions
+from p2p.identity import load_or_create_identity
+from p2p.wire import specs_of
 from tests.polling import wait_until
+from training.aggregate import pairwise_mean
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.specs import fingerprint
 from training.tasks import load_task
@@ -149,3 +155,51 @@ def test_a_late_joiner_starts_from_a_peers_model(start_node):
     cfg = TrainingConfig()
     fresh = build_trainer(cfg, load_task(task_spec(cfg))).evaluate("test")["accuracy"]
     assert status["start_test"]["accuracy"] >= max(0.5, fresh + 0.3), (status["start_test"], fresh)
+
+
+class LatePeer:
+    """A peer model for one exchange with a finished node: fixed arrays, a round ahead of anyone's."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], weight: float, fingerprint_: str):
+        self.arrays, self.weight, self.specs, self.fingerprint = arrays, weight, specs_of(arrays), fingerprint_
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.arrays, self.weight, 10**6)
+
+    def apply(self, before: Snapshot, mixed: dict, weight: float) -> None:
+        pass
+
+
+@pytest.mark.timeout(120)
+def test_a_finished_node_rescores_and_saves_a_late_exchange(start_node, tmp_path):
+    """A peer that finishes a moment later may still exchange with a finished node: the node's status and
+    checkpoint must then describe the mix it holds, not the model it finished with."""
+    node = start_node("a", "--rounds", "20", *FAST)
+    wait_until(lambda: (s := node.status())["done"] and s["scores_current"], timeout_s=60, what="the node to finish")
+    finished, meta = load_checkpoint(tmp_path / "a" / "checkpoint")
+    late = LatePeer(digits_arrays(), 1.0, node.status()["model_fingerprint"])  # the untrained model: a big change
+    expected = pairwise_mean([(finished, meta["weight"]), (late.arrays, late.weight)])
+
+    async def exchange_once(identity_path):
+        identity, _ = load_or_create_identity(identity_path)
+        host = await Host.start(identity, HostOptions())
+        try:
+            exchange = GossipExchange(host, late, mix=pairwise_mean, timeout_s=10)
+            await exchange.start()
+            return await exchange.exchange(node.peer_id, node.addrs)
+        finally:
+            await host.close()
+
+    assert asyncio.run(exchange_once(tmp_path / "late-identity")) is Outcome.OK
+
+    def saved_mix() -> bool:
+        arrays, _ = load_checkpoint(tmp_path / "a" / "checkpoint")
+        return all(np.allclose(arrays[k], expected[k], atol=1e-5) for k in expected)
+
+    wait_until(saved_mix, timeout_s=30, what="the checkpoint to hold the mix")
+    status = wait_until(lambda: (s := node.status())["scores_current"] and s, timeout_s=30, what="a rescore")
+    cfg = TrainingConfig()
+    trainer = build_trainer(cfg, load_task(task_spec(cfg)))
+    trainer.load_arrays(expected)
+    assert status["test"]["accuracy"] == pytest.approx(trainer.evaluate("test")["accuracy"], abs=1e-9)
+    assert status["test"]["accuracy"] != pytest.approx(meta["test"]["accuracy"], abs=1e-9)  # it did change

@@ -20,7 +20,10 @@ from tests.integration.attackers import honest_accuracies
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 GATE = ("--gate-factor", "3")
-TOLERANCE = 0.03  # no honest node ends more than this below its counterpart in the swarm without the attacker
+# No honest node ends more than this below the mean of the same swarm without the attacker. The mean, not
+# node i's own accuracy there: nodes end on a common model, so node i of one run is no closer to node i of
+# another than to any of its nodes (measured spread of one node between clean runs: up to 0.017).
+TOLERANCE = 0.03
 HURT = 0.10  # the plain mean under attack loses at least this much mean accuracy
 
 
@@ -44,6 +47,6 @@ def test_the_gate_holds_off_a_poisoner_that_the_plain_mean_takes_in(attack, with
     plain = honest_accuracies(tmp_path / "plain", SWARM, attack)
     report = {"clean plain": clean_plain, "clean gated": clean_gated, "attacked plain": plain, "attacked gated": gated}
     assert min(clean_plain) >= 0.9, report  # the swarm learns in the first place
-    for node, (with_attacker, without) in enumerate(zip(gated, clean_gated, strict=True)):
-        assert with_attacker >= without - TOLERANCE, (node, report)
+    for node, with_attacker in enumerate(gated):
+        assert with_attacker >= np.mean(clean_gated) - TOLERANCE, (node, report)
     assert np.mean(plain) <= np.mean(clean_plain) - HURT, report
