@@ -317,6 +317,12 @@ def _positive_int(value: int) -> int:
     return value
 
 
+def _at_least_two(value: int) -> int:
+    if value < 2:  # one other model cannot be outvoted: the median of two models is their mean
+        raise ValueError(f"must be 2 or more, got {value}")
+    return value
+
+
 def _parse_port(text: str) -> int:
     if not _PORT_RE.fullmatch(text):
         raise ValueError(f"port {text!r} is not a number")
@@ -631,7 +637,7 @@ _TRAINING_SETTINGS: tuple[tuple[str, Kind, str, Callable[[Any], Any] | None, tup
         None,
         ("", "median", "trimmed_mean", "centered_clip"),
     ),
-    ("robust_k", INT, "How many peers' models a robust round combines with its own.", _positive_int, ()),
+    ("robust_k", INT, "How many peers' models a robust round combines with its own.", _at_least_two, ()),
     (
         "gate_factor",
         FLOAT,

@@ -45,6 +45,7 @@ SETTLE_MAX_S = 30.0  # the final gossip-only exchanges give up after this long
 # digits, Dirichlet 0.5: 0.21 -> 1.17 nats) while a poisoned mix costs more than chance (>= 3 nats).
 GATE_FLOOR_FRACTION = 0.25
 START_LOSS_RATIO = 0.5  # a newcomer takes a peer's model only if it is clearly better on its own data
+ROBUST_MIN_PULLED = 2  # a robust round combines our model with at least this many peers' models
 RETRY_MAX_S = 30.0  # longest pause before retrying a peer whose exchanges failed
 
 
@@ -398,8 +399,8 @@ class Learner:
         while done < self.cfg.final_exchanges and time.monotonic() < deadline and not stop.is_set():
             if await self._average_once():
                 done += 1
-            elif not self._partners():
-                break  # alone: nothing to settle with
+            elif len(self._partners()) < (ROBUST_MIN_PULLED if self.cfg.robust else 1):
+                break  # too few peers to settle with
             else:
                 await wait_stopped(stop, IDLE_WAIT_S)
         if done:
@@ -430,8 +431,8 @@ class Learner:
         peers = self._partners()
         random.shuffle(peers)
         pulled = [snap.arrays for peer in peers[: self.cfg.robust_k] if (snap := await self._pull_vetted(peer))]
-        if not pulled:
-            return False
+        if len(pulled) < ROBUST_MIN_PULLED:
+            return False  # with one other model no rule outvotes it (the median of two is their mean)
         rule = ROBUST_RULES[self.cfg.robust]
         await self._apply_one_sided(
             lambda ours: rule([(ours.arrays, 1.0)] + [(a, 1.0) for a in pulled], own=ours.arrays)

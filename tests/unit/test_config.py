@@ -238,6 +238,7 @@ ERRORS = [
     ("bad-log-level", None, {"FEDSWARM_LOG_LEVEL": "verbose"}, {}, "log_level",
      ["environment FEDSWARM_LOG_LEVEL", "debug, info, warning, error"]),
     ("bad-log-format", None, {}, {"log_format": "xml"}, "log_format", ["flag --log-format"]),
+    ("robust-k-one", None, {}, {"robust_k": 1}, "robust_k", ["flag --robust-k", "must be 2 or more"]),
     ("toml-syntax", 'swarm = "a"\nrelay = = true\n', {}, {}, "config",
      ["config file", "not valid TOML", "line 2"]),
 ]  # fmt: skip

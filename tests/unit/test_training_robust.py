@@ -56,7 +56,7 @@ def test_dtypes_are_kept_and_integers_rounded() -> None:
     a = {"w": np.array([0.0, 4.0], np.float32), "n": np.array([10, 1], np.int64)}
     b = {"w": np.array([3.0, 0.0], np.float32), "n": np.array([13, 2], np.int64)}
     for rule in ROBUST_RULES.values():
-        result = rule([(a, 1.0), (b, 1.0)], own=a)
+        result = rule([(a, 1.0), (b, 1.0), (a, 1.0)], own=a)
         assert result["w"].dtype == np.float32 and result["n"].dtype == np.int64
     # Median of two = mean of both: 11.5 and 1.5 round half to even, as np.rint does in weighted_mean.
     np.testing.assert_array_equal(coordinate_median([(a, 1.0), (b, 1.0)])["n"], [12, 2])
@@ -223,3 +223,15 @@ def test_clip_radius_is_the_median_distance_from_own_and_never_zero() -> None:
     # Most models equal to own: the median is 0, which would freeze v; the mean distance is used.
     assert clip_radius([(at[0], 1.0), (at[0], 1.0), (at[2], 1.0)], own) == pytest.approx(2 / 3)
     assert clip_radius([(at[0], 1.0)], own) == 1.0  # nothing to measure: the paper's default
+
+
+def test_the_trimmed_mean_rule_trims_one_bad_model_even_among_few() -> None:
+    """trimmed_mean's default ratio trims nothing below 5 models; the rule a node uses always trims one."""
+    honest = [({"w": np.array([v, -v])}, 1.0) for v in (0.1, 0.2, 0.3)]
+    constant = ({"w": np.array([1.0, 1.0])}, 1.0)
+    models = [*honest, constant]
+    np.testing.assert_allclose(ROBUST_RULES["trimmed_mean"](models, own=honest[0][0])["w"], [0.25, -0.15])
+    np.testing.assert_allclose(trimmed_mean(models)["w"], [0.4, 0.1])  # the default ratio: the plain mean
+    np.testing.assert_allclose(ROBUST_RULES["trimmed_mean"](models[1:], own=honest[0][0])["w"], [0.3, -0.2])
+    with pytest.raises(ValueError, match="at least 3 models"):
+        ROBUST_RULES["trimmed_mean"](models[:2], own=honest[0][0])
