@@ -27,9 +27,14 @@ pytestmark = pytest.mark.integration
 FAST = ("--record-ttl-s", "4", "--pull-wait-s", "5")
 
 
-def digits_arrays() -> dict[str, np.ndarray]:
+def digits_trainer():
+    """A fresh trainer of the default task (digits, whole data): the node's initial model and test split."""
     cfg = TrainingConfig()
-    return build_trainer(cfg, load_task(task_spec(cfg))).named_arrays()
+    return build_trainer(cfg, load_task(task_spec(cfg)))
+
+
+def digits_arrays() -> dict[str, np.ndarray]:
+    return digits_trainer().named_arrays()
 
 
 def exchanges_ok(node) -> int:
@@ -152,8 +157,7 @@ def test_a_late_joiner_starts_from_a_peers_model(start_node):
     )
     assert status["started_from"] in {f"peer {a.peer_id}", f"peer {b.peer_id}"}
     assert status["round"] >= 20
-    cfg = TrainingConfig()
-    fresh = build_trainer(cfg, load_task(task_spec(cfg))).evaluate("test")["accuracy"]
+    fresh = digits_trainer().evaluate("test")["accuracy"]
     assert status["start_test"]["accuracy"] >= max(0.5, fresh + 0.3), (status["start_test"], fresh)
 
 
@@ -198,8 +202,7 @@ def test_a_finished_node_rescores_and_saves_a_late_exchange(start_node, tmp_path
 
     wait_until(saved_mix, timeout_s=30, what="the checkpoint to hold the mix")
     status = wait_until(lambda: (s := node.status())["scores_current"] and s, timeout_s=30, what="a rescore")
-    cfg = TrainingConfig()
-    trainer = build_trainer(cfg, load_task(task_spec(cfg)))
+    trainer = digits_trainer()
     trainer.load_arrays(expected)
     assert status["test"]["accuracy"] == pytest.approx(trainer.evaluate("test")["accuracy"], abs=1e-9)
     assert status["test"]["accuracy"] != pytest.approx(meta["test"]["accuracy"], abs=1e-9)  # it did change
